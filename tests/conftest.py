@@ -17,4 +17,4 @@ def pytest_collection_modifyitems(config, items):
 def tiny_carvana(tmp_path_factory):
     "A synthetic dataset in the Carvana layout: 6 train cars x 4 views, 1 test car, 64x96 pixels."
     from carvana_fastai.synth import make_synthetic_carvana
-    return make_synthetic_carvana(tmp_path_factory.mktemp('carvana'), n_cars=6, views=4, size=(64, 96), seed=0, n_test_cars=1)
+    return make_synthetic_carvana(tmp_path_factory.mktemp('carvana'), n_cars=6, views=4, size=(64, 96), seed=0, n_test_cars=1, progress=False)
