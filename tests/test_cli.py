@@ -1,0 +1,236 @@
+"The command line, run as a user runs it: `python -m carvana_fastai.run ...` in a subprocess, on tiny synthetic data."
+import csv, gzip, json, os, subprocess, sys, time
+from pathlib import Path
+import pytest, yaml
+
+ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', MPLBACKEND='Agg', PYTHONWARNINGS='ignore', COLUMNS='200')
+ENV.pop('CARVANA_DEBUG', None)
+COMMANDS = ['all', 'synth', 'train', 'evaluate', 'predict', 'merge-shards', 'validate-submission']
+
+def cli(*args, timeout=600):
+    "Run the CLI with `args`; return the CompletedProcess (text stdout/stderr)."
+    return subprocess.run([sys.executable, '-m', 'carvana_fastai.run', *map(str, args)], capture_output=True, text=True,
+                          env=ENV, timeout=timeout)
+
+def ok(r):
+    assert r.returncode == 0, f"exit {r.returncode}\nSTDOUT:\n{r.stdout[-3000:]}\nSTDERR:\n{r.stderr[-3000:]}"
+    return r
+
+def tiny_config(**over):
+    "A config small enough for CPU tests: two members (efficientnet_lite0 concat/add, pretrained/scratch), 1-2 tiny stages."
+    cfg = dict(name='tiny', data=dict(valid_pct=0.34, seed=1),
+               synth=dict(cars=6, views=2, size=[64, 96], test_cars=1, seed=0),
+               models=[dict(name='a', body='efficientnet_lite0', fusion='concat', pretrained=True,
+                            plan=[dict(size=[32, 48], epochs=1, lr=0.003, bs=4), dict(size=[64, 96], epochs=1, lr=0.001, bs=4)]),
+                       dict(name='b', body='efficientnet_lite0', fusion='add', pretrained=False,
+                            plan=[dict(size=[48, 64], epochs=1, lr=0.003, bs=4)])],
+               ensemble=dict(tta='hflip'), predict=dict(bs=4, overlays=2))
+    for k, v in over.items(): cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
+    return cfg
+
+def write_yaml(path, d):
+    Path(path).write_text(yaml.safe_dump(d, sort_keys=False))
+    return Path(path)
+
+@pytest.fixture(scope='module')
+def cli_data(tmp_path_factory):
+    "A tiny synthetic dataset written by the `synth` sub-command."
+    out = tmp_path_factory.mktemp('cli')/'data'
+    r = ok(cli('synth', '--out', out, '--cars', 6, '--views', 2, '--size', '64x96', '--test-cars', 1, '--seed', 0))
+    assert 'synth:' in r.stdout and str(out) in r.stdout
+    return out
+
+def read_rows(p):
+    with (gzip.open(p, 'rt') if str(p).endswith('.gz') else open(p)) as f: return list(csv.reader(f))
+
+# --- help and imports ---------------------------------------------------------------------------------------------
+
+def test_help_is_fast_and_light():
+    "`--help` of every sub-command shows the defaults, without importing fastai, timm or torch."
+    code = ("import sys, time; t = time.time(); from carvana_fastai.run import main\n"
+            "for c in %r:\n"
+            "    try: main([c, '--help'])\n"
+            "    except SystemExit as e: assert e.code == 0\n"
+            "print('SECONDS', time.time() - t)\n"
+            "print('HEAVY', sorted({m.split('.')[0] for m in sys.modules} & {'fastai', 'timm', 'torch', 'torchvision'}))" % COMMANDS)
+    r = ok(subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=ENV))
+    assert 'HEAVY []' in r.stdout, r.stdout[-500:]
+    secs = float(r.stdout.split('SECONDS')[1].split()[0])
+    print(f"--help of {len(COMMANDS)} sub-commands: {secs:.2f} s of imports and parsing")   # measured, not asserted
+    for c in COMMANDS:
+        h = ok(cli(c, '--help')).stdout
+        assert '(default:' in h, f"{c} --help shows no defaults:\n{h}"
+    h = cli('predict', '--help').stdout
+    assert '(default: hflip)' in h and '(default: submission.csv)' in h and '--shard' in h
+    assert '(default: 320x480)' in cli('synth', '--help').stdout
+    assert 'COMMAND' in ok(cli('--help')).stdout
+
+def test_print_config(tmp_path):
+    "`--print-config` prints the effective config: the defaults with the user's file merged over them."
+    r = ok(cli('--print-config'))
+    d = yaml.safe_load(r.stdout)
+    assert d['name'] == 'demo' and len(d['models']) >= 2 and d['ensemble']['tta'] == 'hflip'
+    user = write_yaml(tmp_path/'u.yaml', dict(data=dict(valid_pct=0.5), ensemble=dict(tta='none')))
+    d2 = yaml.safe_load(ok(cli('all', '--config', user, '--print-config')).stdout)
+    assert d2['data']['valid_pct'] == 0.5 and d2['ensemble']['tta'] is None and d2['models'] == d['models']
+    assert d2['data']['seed'] == d['data']['seed']                          # deep merge keeps the other keys
+    p = yaml.safe_load(ok(cli('train', '--config', 'paper', '--print-config')).stdout)
+    assert {m['body'] for m in p['models']} == {'resnet34', 'vgg16_bn'} and {m['fusion'] for m in p['models']} == {'add', 'concat'}
+    assert p['models'][0]['plan'][-1]['size'] == [1280, 1918]
+
+# --- bad input: one line, exit code 2, before any work ---------------------------------------------------------------
+
+def one_line_error(r, *words):
+    assert r.returncode == 2, f"exit {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1, f"expected one line on stderr:\n{r.stderr}"
+    assert 'Traceback' not in r.stderr and 'error:' in lines[0]
+    for w in words: assert w in lines[0], f"{w!r} not in {lines[0]!r}"
+    return lines[0]
+
+def test_config_errors(tmp_path, cli_data):
+    out = tmp_path/'runs'
+    bad = write_yaml(tmp_path/'typo.yaml', dict(data=dict(vaild_pct=0.3)))
+    one_line_error(cli('all', '--config', bad, '--out', out), 'typo.yaml', "unknown key 'data.vaild_pct'", "did you mean 'valid_pct'")
+    bad = write_yaml(tmp_path/'type.yaml', dict(predict=dict(bs='four')))
+    one_line_error(cli('all', '--config', bad, '--out', out), 'predict.bs must be a positive integer', "'four'")
+    bad = write_yaml(tmp_path/'top.yaml', dict(modles=[]))
+    one_line_error(cli('train', '--config', bad, '--data', cli_data), "unknown key 'modles'", "did you mean 'models'")
+    bad = write_yaml(tmp_path/'body.yaml', tiny_config(models=[dict(name='x', body='resnet343', plan=[dict(size=[32, 48])])]))
+    one_line_error(cli('all', '--config', bad, '--data', cli_data, '--out', out), 'models[0] (x)', "Unknown body 'resnet343'", 'resnet34')
+    bad = write_yaml(tmp_path/'plan.yaml', tiny_config(models=[dict(name='x', plan=[dict(size=[32, 48], epoch=1)])]))
+    one_line_error(cli('all', '--config', bad, '--data', cli_data, '--out', out), 'plan stage 0', "unknown key 'epoch'")
+    one_line_error(cli('all', '--data', tmp_path/'nowhere', '--out', out), 'data folder', 'nowhere', 'does not exist')
+    one_line_error(cli('train', '--data', tmp_path, '--out', out), 'has no train/ folder')
+    (tmp_path/'file').write_text('x')
+    one_line_error(cli('all', '--data', cli_data, '--out', tmp_path/'file'/'runs'), 'not writable')
+    one_line_error(cli('all', '--config', tmp_path/'missing.yaml'), 'missing.yaml does not exist')
+    one_line_error(cli('predict', '--data', cli_data, '--models', tmp_path/'no.pth'), 'checkpoint', 'no.pth', 'does not exist')
+    (tmp_path/'bad.pth').write_bytes(b'not a checkpoint')
+    one_line_error(cli('evaluate', '--data', cli_data, '--models', tmp_path/'bad.pth'), 'bad.pth is not a carvana_fastai checkpoint')
+    one_line_error(cli('synth', '--size', 'big'), 'size must be HxW')
+    one_line_error(cli('all', '--device', 'gpu'), 'device must be')
+    assert not out.exists() or not any(out.iterdir())                           # nothing was started
+
+# --- the steps one by one, as a user runs them on a Carvana folder ----------------------------------------------------
+
+def test_steps_end_to_end(tmp_path, cli_data):
+    "synth (fixture) -> train -> evaluate -> predict (whole and in shards) -> merge-shards -> validate-submission."
+    cfg = write_yaml(tmp_path/'tiny.yaml', tiny_config())
+    models = tmp_path/'models'
+    r = ok(cli('train', '--data', cli_data, '--out', models, '--config', cfg, '--device', 'cpu'))
+    ckpts = [models/'a'/'model.pth', models/'b'/'model.pth']
+    for c in ckpts: assert c.is_file() and (c.parent/'history.csv').is_file() and (c.parent/'history.png').is_file()
+    info = json.loads((models/'a'/'train.json').read_text())
+    assert info['scales'] == '32x48 -> 64x96' and info['params'] > 0 and info['train_s'] > 0
+    assert 'train:' in r.stdout.splitlines()[-1]
+    # training again into the same folder without --resume would overwrite: refused
+    one_line_error(cli('train', '--data', cli_data, '--out', models, '--config', cfg), 'already holds a trained model', '--resume')
+
+    r = ok(cli('evaluate', '--data', cli_data, '--models', *ckpts, '--out', tmp_path/'eval'))
+    ev = list(csv.DictReader(open(tmp_path/'eval'/'evaluation.csv')))
+    assert [e['tta'] for e in ev] == ['none', 'hflip']*3
+    assert all(0 <= float(e['dice']) <= 1 for e in ev)
+    assert 'ensemble' in ev[-1]['model'] and 'evaluate:' in r.stdout
+
+    sub = tmp_path/'sub.csv'
+    r = ok(cli('predict', '--data', cli_data, '--models', *ckpts, '--out', sub, '--tta', 'hflip'))
+    rows = read_rows(sub)
+    sample = read_rows(cli_data/'sample_submission.csv')
+    assert rows[0] == ['img', 'rle_mask'] and [r[0] for r in rows] == [r[0] for r in sample]
+    assert 'OK' in r.stdout
+    assert 'OK' in ok(cli('validate-submission', sub, '--data', cli_data)).stdout
+
+    parts = [tmp_path/f'part{i}.csv' for i in range(2)]
+    for i, p in enumerate(parts): ok(cli('predict', '--data', cli_data, '--models', *ckpts, '--out', p, '--shard', f'{i}/2'))
+    assert sum(len(read_rows(p)) - 1 for p in parts) == len(rows) - 1
+    ok(cli('merge-shards', *parts, '--out', tmp_path/'merged.csv', '--data', cli_data))
+    assert (tmp_path/'merged.csv').read_text() == sub.read_text()
+
+    broken = tmp_path/'broken.csv'
+    broken.write_text('\n'.join(l for l in sub.read_text().splitlines()[:-1]) + '\n')      # one image missing
+    r = cli('validate-submission', broken, '--data', cli_data)
+    assert r.returncode == 1 and 'expected images have no row' in r.stdout
+
+# --- `all`, and --resume after an interruption ----------------------------------------------------------------------
+
+def test_all_and_resume(tmp_path):
+    "`all` on a tiny config: report and valid submission; then an interrupted run continues with --resume."
+    cfg = write_yaml(tmp_path/'tiny.yaml', tiny_config())
+    out = tmp_path/'runs'
+    r = ok(cli('all', '--config', cfg, '--out', out, '--device', 'cpu'))
+    runs = list(out.iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith('tiny-')
+    run = runs[0]
+    for f in ['config.yaml', 'report.md', 'submission.csv', 'submission_check.txt', 'evaluation.csv', 'evaluation.md',
+              'models/a/model.pth', 'models/b/model.pth', 'models/a/history.png', 'data/train_masks.csv']:
+        assert (run/f).is_file(), f
+    assert len(list((run/'overlays').glob('*.png'))) == 2
+    assert (run/'submission_check.txt').read_text().startswith(f"submission {run/'submission.csv'}: OK")
+    assert 'OK' in ok(cli('validate-submission', run/'submission.csv', '--data', run/'data')).stdout
+    report = (run/'report.md').read_text()
+    for s in ['| model', 'Dice + TTA (hflip)', '| a ', '| b ', '**ensemble', 'models/a/history.png', 'overlays/', 'submission.csv']:
+        assert s in report, s
+    assert f"Report: {run/'report.md'}" in r.stdout.splitlines()[-1]
+    saved = yaml.safe_load((run/'config.yaml').read_text())
+    assert saved['models'][1]['fusion'] == 'add' and saved['synth']['size'] == [64, 96]
+
+    # an interruption during model a's second stage: its stage-0 checkpoint is there, not its later ones; b is done;
+    # the submission and report were never written
+    b_time = (run/'models/b/model.pth').stat().st_mtime_ns
+    for f in ['models/a/model.pth', 'models/a/last.pth', 'models/a/stage1-64x96.pth', 'models/a/train.json', 'submission.csv',
+              'report.md']: (run/f).unlink()
+    assert (run/'models/a/stage0-32x48.pth').is_file()
+    r = ok(cli('all', '--out', out, '--resume', '--device', 'cpu'))     # the run's own config.yaml is reused
+    assert 'train b: reusing' in r.stdout
+    assert f"train a: resuming from {run/'models/a/stage0-32x48.pth'}" in r.stdout
+    assert (run/'models/b/model.pth').stat().st_mtime_ns == b_time
+    hist = list(csv.DictReader(open(run/'models/a/history.csv')))
+    assert [h['size'] for h in hist] == ['32x48', '64x96']                 # stage 0 kept, stage 1 trained once
+    assert (run/'models/a/model.pth').is_file() and (run/'report.md').is_file()
+    assert (run/'submission_check.txt').read_text().startswith(f"submission {run/'submission.csv'}: OK")
+    assert len(list(out.iterdir())) == 1                                    # the same run folder
+
+def test_ctrl_c_then_resume(tmp_path):
+    "A real Ctrl-C (SIGINT) in model a's second stage: exit code 130 and a hint; `--resume` finishes the run, each epoch once."
+    import signal
+    cfg = tiny_config()
+    cfg['models'][0]['plan'][1]['epochs'] = 30                              # long enough to be interrupted
+    cfg = write_yaml(tmp_path/'long.yaml', cfg)
+    out = tmp_path/'runs'
+    p = subprocess.Popen([sys.executable, '-m', 'carvana_fastai.run', 'all', '--config', str(cfg), '--out', str(out), '--device', 'cpu'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    t0 = time.time()
+    while not any('64x96' in h.read_text() for h in out.glob('*/models/a/history.csv')):     # stage 1 has begun
+        assert p.poll() is None and time.time() - t0 < 300, 'the run ended before it could be interrupted'
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    rest, err = p.communicate(timeout=300)
+    assert p.returncode == 130 and 'interrupted' in err and '--resume' in err, (p.returncode, rest[-2000:], err[-2000:])
+    run = next(out.iterdir())
+    assert not (run/'models/a/model.pth').exists() and not (run/'report.md').exists()
+    r = ok(cli('all', '--config', cfg, '--out', out, '--resume', '--device', 'cpu'))
+    assert 'train a:' in r.stdout and (run/'report.md').is_file()
+    hist = list(csv.DictReader(open(run/'models/a/history.csv')))
+    assert [h['size'] for h in hist] == ['32x48'] + ['64x96']*30                # every epoch of the plan, once
+    assert (run/'submission_check.txt').read_text().startswith(f"submission {run/'submission.csv'}: OK")
+
+# --- several processes ------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_all_under_torchrun(tmp_path):
+    "Under `torchrun` (2 processes, gloo on CPU) `all` trains with DDP; rank 0 alone prints, evaluates, predicts and reports."
+    import socket
+    with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
+    cfg = write_yaml(tmp_path/'tiny.yaml', tiny_config())
+    out = tmp_path/'runs'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_addr', '127.0.0.1', '--master_port',
+           str(port), '-m', 'carvana_fastai.run', 'all', '--config', cfg, '--out', out, '--device', 'cpu']
+    env = dict(ENV, CUDA_VISIBLE_DEVICES='')
+    r = subprocess.run(list(map(str, cmd)), capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode != 0 and 'needs --name' in r.stderr                  # every process must agree on the folder
+    r = ok(subprocess.run(list(map(str, cmd + ['--name', 'ddp'])), capture_output=True, text=True, env=env, timeout=600))
+    assert r.stdout.count('all: done') == 1 and r.stdout.count('train a: done') == 1
+    run = out/'ddp'
+    for f in ['report.md', 'submission.csv', 'models/a/model.pth', 'models/b/history.csv']: assert (run/f).is_file(), f
+    assert (run/'submission_check.txt').read_text().startswith(f"submission {run/'submission.csv'}: OK")
