@@ -54,14 +54,17 @@ def check_exact(n=3000, seed=0):
     pat = np.array([0, 1, 1, 0, 1, 0, 0, 1], np.uint8)
     for i in range(n):
         k = int(rng.integers(0, 200))
-        kind = i % 7
+        kind = i % 8
         if kind == 0: m = rng.random(k) < rng.random()
         elif kind == 1: m = np.repeat(rng.random(k//9 + 1) < .5, 9)[:k]                      # runs of 9
         elif kind == 2: m = np.tile(pat, k//8 + 1)[:k] * int(rng.integers(1, 256))          # equal mixed words
         elif kind == 3: m = np.tile(pat, k//8 + 1)[:k]; m[k//2:] = 0
         elif kind == 4: m = rng.integers(0, 4, size=(k//7 + 1, 7)).astype(np.float32)       # 2-D, not uint8
         elif kind == 5: m = np.ones(k, bool)
-        else: m = (rng.integers(0, 256, size=k) * (rng.random(k) < .6)).astype(np.uint8)[::-1]
+        elif kind == 6: m = (rng.integers(0, 256, size=k) * (rng.random(k) < .6)).astype(np.uint8)[::-1]
+        else:                                                                              # long, few edges: the word path
+            m = np.zeros(40*k + 96 + int(rng.integers(0, 8)), np.uint8); a, b = sorted(rng.integers(0, len(m), 2))
+            m[a:b] = 1; m[a//2:a//2 + 48] = np.tile(pat, 6)                                 # runs and repeated mixed words
         if rle_encode(m) != plain_encode(m): raise AssertionError(f"rle_encode differs from plain_encode on {m!r}")
     return n
 

@@ -7,7 +7,7 @@ __all__ = ['LOSSES', 'logits_targs', 'SegLoss', 'BCELoss', 'soft_dice', 'soft_io
            'lovasz_grad', 'lovasz_hinge', 'LovaszHingeLoss', 'edge_kernel', 'mask_edges', 'BoundaryBCEIoULoss',
            'get_loss', 'iou_batch', 'binarize', 'PerImageMetric', 'KaggleDice', 'SoftDice', 'IoU', 'default_metrics']
 
-# %% ../nbs/05_losses.ipynb #4b5755e9
+# %% ../nbs/05_losses.ipynb #8070432a
 import difflib, math
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -15,7 +15,7 @@ from fastcore.basics import store_attr
 from fastai.torch_core import TensorMask
 from fastai.learner import Metric
 
-# %% ../nbs/05_losses.ipynb #2034fd04
+# %% ../nbs/05_losses.ipynb #4716bbd0
 def _plain(x:Tensor) -> Tensor: return x.as_subclass(Tensor) if isinstance(x, Tensor) and type(x) is not Tensor else x
 
 def logits_targs(inp:Tensor, targ:Tensor) -> tuple:
@@ -29,7 +29,7 @@ def logits_targs(inp:Tensor, targ:Tensor) -> tuple:
                          f"expected (B,H,W) = {tuple(inp.shape[:1]+inp.shape[2:])} or (B,1,H,W)")
     return inp[:,0].float(), targ.to(device=inp.device, dtype=torch.float32)
 
-# %% ../nbs/05_losses.ipynb #3f74af06
+# %% ../nbs/05_losses.ipynb #4495664e
 class SegLoss(nn.Module):
     "Base of the binary segmentation losses: one-channel logits vs 0/1 masks, computed per image in float32."
     def __init__(self, reduction:str='mean', thresh:float=0.5):
@@ -60,7 +60,7 @@ class SegLoss(nn.Module):
     def extra_repr(self):
         return ', '.join(f'{k}={v!r}' for k,v in vars(self).items() if not k.startswith('_') and k != 'training')
 
-# %% ../nbs/05_losses.ipynb #ef112e17
+# %% ../nbs/05_losses.ipynb #8116ad1c
 class BCELoss(SegLoss):
     "Binary cross-entropy on the logits, mean over the pixels of each image."
     def per_image(self, x, t): return F.binary_cross_entropy_with_logits(x, t, reduction='none').mean((1,2))
@@ -96,7 +96,7 @@ class IoULoss(SegLoss):
         super().__init__(**kwargs); self.smooth = smooth
     def per_image(self, x, t): return 1 - soft_iou(x, t, self.smooth)
 
-# %% ../nbs/05_losses.ipynb #d58b1a8a
+# %% ../nbs/05_losses.ipynb #44d28b76
 def lovasz_grad(gt_sorted:Tensor) -> Tensor:
     "Gradient of the Lovasz extension of the Jaccard loss for targets sorted by decreasing error, along the last dim."
     gts = gt_sorted.sum(-1, keepdim=True)
@@ -117,7 +117,7 @@ class LovaszHingeLoss(SegLoss):
     "Lovasz hinge loss (Berman et al. 2018), per image."
     def per_image(self, x, t): return lovasz_hinge(x, t)
 
-# %% ../nbs/05_losses.ipynb #215e00e1
+# %% ../nbs/05_losses.ipynb #4e25015c
 def edge_kernel(shape:tuple, frac:float=0.04) -> int:
     "Odd window size, about `frac` of the smaller side of `shape` (h, w), at least 3."
     k = max(3, round(frac*min(shape[-2:])))
@@ -143,7 +143,7 @@ class BoundaryBCEIoULoss(SegLoss):
         bce = (w*F.binary_cross_entropy_with_logits(x, t, reduction='none')).mean((1,2))
         return bce + self.iou_weight*(1 - soft_iou(x, t, self.smooth))
 
-# %% ../nbs/05_losses.ipynb #8bb584a4
+# %% ../nbs/05_losses.ipynb #af6b0790
 LOSSES = dict(bce=BCELoss, dice=DiceLoss, bce_dice=BCEDiceLoss, iou=IoULoss, lovasz=LovaszHingeLoss,
               boundary_bce_iou=BoundaryBCEIoULoss)
 
@@ -156,7 +156,7 @@ def get_loss(name='bce_dice', **kwargs):
                          + f" Registered losses: {', '.join(LOSSES)}")
     return LOSSES[name](**kwargs)
 
-# %% ../nbs/05_losses.ipynb #bf714925
+# %% ../nbs/05_losses.ipynb #3a77b509
 from .rle import dice_batch
 
 def iou_batch(pred:Tensor, targ:Tensor) -> Tensor:
@@ -174,7 +174,7 @@ class PerImageMetric(Metric):
     def reset(self): self.total,self.count = 0.,0
     def per_image(self, x:Tensor, t:Tensor) -> Tensor: raise NotImplementedError
     def accumulate(self, learn):
-        x,t = logits_targs(learn.pred.detach(), learn.y)
+        x,t = logits_targs(learn.to_detach(learn.pred, cpu=False), learn.to_detach(learn.y, cpu=False))
         v = self.per_image(x, t)
         self.total += v.sum().item(); self.count += len(v)
     @property

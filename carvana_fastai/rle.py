@@ -5,24 +5,56 @@
 # %% auto #0
 __all__ = ['CARVANA_SHAPE', 'rle_encode', 'rle_decode', 'dice', 'mean_dice', 'dice_batch', 'kaggle_dice']
 
-# %% ../nbs/00_rle.ipynb #8c04e4b1
+# %% ../nbs/00_rle.ipynb #c0109a94
+import sys
 import numpy as np
 import torch
 
-# %% ../nbs/00_rle.ipynb #fd5d10d8
+# %% ../nbs/00_rle.ipynb #718ef472
 CARVANA_SHAPE = (1280, 1918)  # (h, w) of every Carvana photo and mask
 
-# %% ../nbs/00_rle.ipynb #04c01a21
+# %% ../nbs/00_rle.ipynb #19ee112a
+_ONES = np.uint64(0x0101010101010101)  # byte k of a (little-endian) word is pixel k of its 8
+
+def _nonzero_bytes(w):
+    "Each byte of the uint64 words `w` set to 1 where it is nonzero, 0 where it is zero."
+    w = w | (w >> np.uint64(4)); w |= w >> np.uint64(2); w |= w >> np.uint64(1)
+    return w & _ONES
+
+def _pad_edges(b, before=False):
+    "Positions i in 0..len(b) where pixel i of `b` (background past the end) differs from pixel i-1 (`before` at 0)."
+    pad = np.zeros(len(b) + 2, bool); pad[0] = before; pad[1:-1] = b
+    return np.flatnonzero(pad[1:] != pad[:-1])
+
+def _edges(b, dense=1/25):
+    "Positions i in 0..len(b) where pixel i of bytes `b` differs from pixel i-1 (background before and after)."
+    nw = len(b) // 8 if sys.byteorder == 'little' else 0
+    if nw < 2: return _pad_edges(b)
+    w = b[:8*nw].view(np.uint64)
+    s = np.flatnonzero(w[1:] != w[:-1]) + 1           # words that differ from the word before
+    if len(s) > dense*nw: return _pad_edges(b)       # edges everywhere (noise): the plain passes are cheaper
+    s = np.concatenate([[0], s])                      # first word of each stretch of equal words
+    n = np.diff(s, append=nw)
+    t = _nonzero_bytes(w[s])
+    rep = (n > 1) & (t != 0) & (t != _ONES)           # repeated words with an edge inside: look into every one
+    if rep.any():
+        k = np.where(rep, n, 1)                       # how many words of each stretch to look into
+        s = np.repeat(s, k) + np.arange(k.sum()) - np.repeat(np.cumsum(k) - k, k)
+        t = _nonzero_bytes(w[s])
+    prev = _nonzero_bytes(w[s - 1]) >> np.uint64(56); prev[0] = 0     # the pixel before each word (none before word 0)
+    j = np.flatnonzero((t ^ ((t << np.uint64(8)) | prev)).view(np.uint8))  # byte k: pixel k differs from pixel k-1
+    return np.concatenate([8*s[j >> 3] + (j & 7), 8*nw + _pad_edges(b[8*nw:], b[8*nw-1] != 0)])
+
+# %% ../nbs/00_rle.ipynb #5fd08ac0
 def rle_encode(mask) -> str:
     "Kaggle RLE of `mask` (any shape, row-major, nonzero = car): '1-indexed-start length ...'; '' when empty."
-    flat = np.asarray(mask).ravel()
-    pad = np.zeros(flat.size + 2, dtype=bool)
-    pad[1:-1] = flat                                   # nonzero -> True, one background pixel each side
-    runs = np.flatnonzero(pad[1:] != pad[:-1]) + 1     # 1-indexed starts and (exclusive) ends, alternating
+    b = np.ascontiguousarray(mask).reshape(-1)
+    b = b.view(np.uint8) if b.dtype in (np.uint8, np.int8, np.bool_) else (b != 0).view(np.uint8)
+    runs = _edges(b) + 1                               # 1-indexed starts and (exclusive) ends, alternating
     runs[1::2] -= runs[::2]                            # ends -> lengths
-    return str(runs.tolist())[1:-1].replace(',', '')
+    return ' '.join(['%d'] * len(runs)) % tuple(runs.tolist())
 
-# %% ../nbs/00_rle.ipynb #c479c901
+# %% ../nbs/00_rle.ipynb #42cd4218
 def _rle_numbers(rle) -> np.ndarray:
     "The integers of an RLE string, or a ValueError naming the first token that is not one."
     toks = rle.split()
@@ -52,7 +84,7 @@ def _check_runs(starts, lengths, n):
         raise ValueError(f"RLE: run {i} (start {starts[i]}, length {lengths[i]}) ends at pixel {ends[i]-1}, "
                          f"past the end of the image ({n} pixels)")
 
-# %% ../nbs/00_rle.ipynb #d551e31b
+# %% ../nbs/00_rle.ipynb #47a8d02a
 def rle_decode(rle, shape=CARVANA_SHAPE) -> np.ndarray:
     "Binary uint8 mask {0,1} of `shape` (h, w) from a Kaggle RLE string; '' (or None/NaN) is an empty mask."
     shape = tuple(int(s) for s in shape)
@@ -71,7 +103,7 @@ def rle_decode(rle, shape=CARVANA_SHAPE) -> np.ndarray:
     vals = np.zeros(len(counts), np.uint8); vals[1::2] = 1
     return np.repeat(vals, counts).reshape(shape)
 
-# %% ../nbs/00_rle.ipynb #69046d12
+# %% ../nbs/00_rle.ipynb #8cd2a1b6
 def dice(pred, targ) -> float:
     "Kaggle Dice of two binary masks (nonzero = car): 2|A∩B|/(|A|+|B|), 1.0 when both are empty."
     p, t = np.asarray(pred) != 0, np.asarray(targ) != 0
@@ -86,7 +118,7 @@ def mean_dice(preds, targs) -> float:
     if not preds: raise ValueError("mean_dice: no masks")
     return float(np.mean([dice(p, t) for p, t in zip(preds, targs)]))
 
-# %% ../nbs/00_rle.ipynb #ac3f000b
+# %% ../nbs/00_rle.ipynb #f062d774
 def dice_batch(pred, targ) -> torch.Tensor:
     "Kaggle Dice per image of binary (nonzero = car) tensors (B,H,W) or (B,1,H,W): a float tensor (B,)."
     p = torch.as_tensor(pred).as_subclass(torch.Tensor)

@@ -28,3 +28,4 @@ def test_ddp_two_processes_on_cpu(tiny_carvana, tmp_path):
     assert list(hist['size']) == ['32x48', '48x64'] and len(r1['history']) == 2
     for a,b in zip(r0['history'], r1['history']):                              # losses are gathered over both ranks
         assert a['train_loss'] == pytest.approx(b['train_loss']) and a['valid_loss'] == pytest.approx(b['valid_loss'])
+        assert a['dice'] == pytest.approx(b['dice']) and a['iou'] == pytest.approx(b['iou'])  # metrics too

@@ -81,6 +81,7 @@ def test_boundary_weights_at_carvana_scale():
 def test_metrics_accumulate_like_numpy():
     "Batches of different sizes accumulate to the mean over images of numpy per-image Dice / IoU."
     from types import SimpleNamespace
+    from fastai.torch_core import to_detach
     g = torch.Generator().manual_seed(4)
     logits = torch.randn(9, 1, H, W, generator=g) * 2
     targs = (torch.rand(9, H, W, generator=g) > 0.4).long()
@@ -92,11 +93,35 @@ def test_metrics_accumulate_like_numpy():
     for m, ref in ((KaggleDice(), ref_dice), (IoU(), ref_iou)):
         m.reset()
         for sl in (slice(0, 2), slice(2, 7), slice(7, 9)):
-            m.accumulate(SimpleNamespace(pred=logits[sl], y=targs[sl]))
+            m.accumulate(SimpleNamespace(pred=logits[sl], y=targs[sl], to_detach=to_detach))
         assert m.value == pytest.approx(ref, abs=1e-6)
     # the global (fastai Dice-like) ratio is a different number here: make sure we are not computing it
     glob = 2 * (p & t).sum() / (p.sum() + t.sum())
     assert abs(glob - ref_dice) > 1e-3
+
+def test_metrics_gather_through_to_detach():
+    "Under DDP `learn.to_detach` gathers every rank's share (fastai's DistributedDL): both ranks then report the same value."
+    from types import SimpleNamespace
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 1, H, W, generator=g) * 2
+    targs = (torch.rand(6, H, W, generator=g) > 0.4).long()
+    shares = [slice(0, 3), slice(3, 6)]                       # rank 0 and rank 1 of one validation batch
+    def rank_learner(r):
+        "Rank `r`'s view: its own share in pred/y; to_detach returns the concatenation over ranks, as a gather."
+        mine = {'pred': logits[shares[r]], 'y': targs[shares[r]]}
+        full = {id(mine['pred']): logits, id(mine['y']): targs}
+        calls = []
+        def to_detach(b, cpu=True, gather=True): calls.append(gather); return full[id(b)]
+        return SimpleNamespace(**mine, to_detach=to_detach, calls=calls)
+    for cls in (KaggleDice, IoU, SoftDice):
+        vals = []
+        for r in (0, 1):
+            m, l = cls(), rank_learner(r)
+            m.reset(); m.accumulate(l)
+            assert m.count == 6 and len(l.calls) == 2 and all(l.calls)   # pred and y both read through to_detach
+            vals.append(m.value)
+        ref = cls(); ref.reset(); ref.accumulate(SimpleNamespace(pred=logits, y=targs, to_detach=lambda b, **k: b))
+        assert vals[0] == pytest.approx(vals[1]) == pytest.approx(ref.value)
 
 @pytest.fixture(scope='module')
 def seg_dls(tmp_path_factory):

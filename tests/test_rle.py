@@ -56,6 +56,28 @@ def test_against_loop_reference(src):
         assert d.dtype == np.uint8 and d.shape == m.shape
         np.testing.assert_array_equal(d, m)
 
+def word_path_masks(n=40, seed=0):
+    "16x1024 masks with few edges (so `rle_encode` takes its 8-pixels-at-a-time path): boxes, stripes, corners."
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        m = np.zeros((16, 1024), np.uint8)
+        r0, r1 = sorted(rng.integers(0, 16, 2)); c0, c1 = sorted(rng.integers(0, 1024, 2))
+        m[r0:r1 + 1, c0:c1 + 1] = 1
+        if i % 2: m[int(rng.integers(0, 16)), 96:192] = np.tile(rng.integers(0, 2, 8), 12)  # 12 equal words with edges
+        if i % 3 == 0: m[0, 0] = m[-1, -1] = 1
+        if i % 4 == 1: m = m[:, :int(rng.integers(1000, 1024))]                          # width not a multiple of 8
+        yield m * (1 if i % 5 else 255)
+
+def test_word_path_against_loop_reference():
+    from carvana_fastai.rle import _edges, _pad_edges
+    for m in word_path_masks():
+        b = np.ascontiguousarray(m).reshape(-1)
+        w = b[:len(b)//8*8].view(np.uint64)
+        assert np.count_nonzero(w[1:] != w[:-1]) <= len(w) / 25                   # the word path, not the fallback
+        assert rle_encode(m) == loop_encode(m), m
+        np.testing.assert_array_equal(_edges(b), _pad_edges(b))
+        np.testing.assert_array_equal(rle_decode(rle_encode(m), m.shape), (m != 0).astype(np.uint8))
+
 def test_mask_dtypes_and_values():
     "bool, uint8 0/1, uint8 0/255, int64, float: nonzero is car, all give the same RLE."
     m = next(iter(random_masks(1, seed=3)))
