@@ -117,9 +117,11 @@ def test_learner_warns_on_wrong_stats(tiny_carvana):
 def test_two_epochs_loss_falls(dls, fusion):
     set_seed(0)
     learn = carvana_learner(dls, body='efficientnet_lite0', fusion=fusion, pretrained=False)
-    before = learn.validate()[0]
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(2, 3e-3)
+    before = learn.validate()
+    # 4 short epochs: after only 2, BatchNorm's running stats on ~5 tiny batches still make the eval-mode loss noisy
+    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(4, 3e-3)
     train_losses = [float(l) for l in learn.recorder.losses]
-    after = learn.recorder.values[-1][1]
-    assert after < before, (before, after)
+    after = learn.recorder.values[-1]
+    assert after[1] < before[0], (before, after)     # validation loss falls
+    assert after[2] > before[1], (before, after)     # validation Dice rises
     assert sum(train_losses[-3:]) < sum(train_losses[:3])
