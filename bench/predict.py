@@ -143,16 +143,19 @@ def decode_fn(folder, limit):
     ds = ImageFiles([Path(folder)/n for n in list_images(folder)][:limit])
     return lambda: [ds[i] for i in range(len(ds))]
 
-def check_output(out, ens, batches, folder):
-    "The CSV has a row per image and its first row is the RLE of the ensemble's mask of the first image."
+def check_output(out, ens, batches, folder, tol=1e-5):
+    "The CSV has a row per image, and its first row decodes to the ensemble's in-memory mask of the first image."
     import csv, torch
     from carvana_fastai.predict import list_images
-    from carvana_fastai.rle import rle_encode
+    from carvana_fastai.rle import rle_decode
+    csv.field_size_limit(1 << 30)                               # a random model's mask is noisy: RLE rows of MBs
     rows = list(csv.reader(open(out)))
     names = list_images(folder)
     if len(rows) != len(names) + 1: raise AssertionError(f"{out}: {len(rows)-1} rows for {len(names)} images")
-    with torch.inference_mode(): m = ens.masks(batches[0][:1]).cpu().numpy()[0]
-    if rows[1][1] != rle_encode(m): raise AssertionError(f"{out}: first row differs from the in-memory prediction")
+    with torch.inference_mode(): m = ens.masks(batches[0]).cpu().numpy()[0]       # the same batch predict_folder saw
+    diff = (rle_decode(rows[1][1], m.shape) != m).mean()
+    # random-weight models put many pixels within float rounding of the threshold, where another batch shape may flip them
+    if diff > tol: raise AssertionError(f"{out}: first row differs from the in-memory prediction at {diff:.2e} of the pixels")
 
 # ----------------------------------------------------------------------------------------------------- main
 def run_compare(args, dev, amp, specs, folder, tmp):
@@ -167,7 +170,8 @@ def run_compare(args, dev, amp, specs, folder, tmp):
     from carvana_fastai.predict import _default_workers
     nw = _default_workers(dev) if workers is None else workers
     fns = {'e2e': e2e_fn(ens, folder, out, args.bs, nw)}
-    if nw and not args.no_serial: fns['e2e0'] = e2e_fn(ens, folder, tmp/f'sub0_{int(amp)}.csv', args.bs, 0)
+    alt = 0 if nw else 1                                         # the other choice of workers, for comparison
+    if not args.no_serial: fns['alt'] = e2e_fn(ens, folder, tmp/f'sub_alt_{int(amp)}.csv', args.bs, alt)
     fl = fns['floor'] = floor_fn(ens, batches, wait)
     res = bench_alternating(fns, repeats=args.repeats, warmup=args.warmup, sync=wait)
     check_output(out, ens, batches, folder)
@@ -176,8 +180,9 @@ def run_compare(args, dev, amp, specs, folder, tmp):
         return {'pipeline': label, 'images/s': f"{n/res[k].median:.2f}", 'per image': fmt_time(res[k].median/n),
                 '% of floor': f"{100*r:.0f}% (IQR {100*ri:.0f})", 'target': '≥ 85% of floor' if target else '',
                 'met': verdict(r >= 0.85) if target else ''}
-    rows = [row('e2e', f"predict_folder end to end ({nw} worker{'s' if nw != 1 else ''}, bs {args.bs})", True)]
-    if 'e2e0' in fns: rows.append(row('e2e0', f"predict_folder end to end (no workers, bs {args.bs})", False))
+    wk = lambda k: f"{k} worker{'s' if k != 1 else ''}"
+    rows = [row('e2e', f"predict_folder end to end ({wk(nw)}{' (its default)' if workers is None else ''}, bs {args.bs})", True)]
+    if 'alt' in fns: rows.append(row('alt', f"predict_folder end to end ({wk(alt)}, bs {args.bs})", False))
     rows.append({'pipeline': 'floor: members with TTA on in-memory inputs', 'images/s': f"{n/res['floor'].median:.2f}",
                  'per image': fmt_time(res['floor'].median/n), '% of floor': '100%', 'target': '', 'met': ''})
     # breakdown, per image, alternating the stages
@@ -188,7 +193,7 @@ def run_compare(args, dev, amp, specs, folder, tmp):
     e2e_t = res['e2e'].median
     brk = [('JPEG decode (1 thread)', br['decode'].median), ('resize + normalise to each member size', br['inputs'].median),
            ('models with TTA (the floor)', br['floor'].median),
-           ('upsample to 1280x1918, combine, threshold', upsample), ('RLE encode', br['rle'].median)]
+           ('combine per member size, upsample each size once to 1280x1918, threshold', upsample), ('RLE encode', br['rle'].median)]
     brows = [{'stage (in memory, sequential)': k, 'per image': fmt_time(v/n), 'share of e2e time': f"{100*v/e2e_t:.0f}%"}
              for k, v in brk]
     brows.append({'stage (in memory, sequential)': 'sum of stages / end to end', 'per image': fmt_time(sum(v for _, v in brk)/n),
@@ -223,7 +228,7 @@ def main(argv=None):
     p.add_argument('--tta', default='hflip', help='TTA preset of carvana_fastai.predict (none, hflip, flips, ...)')
     p.add_argument('--extrapolate', type=int, default=0, metavar='N',
                    help='time N images end to end and extrapolate to 100,064 (instead of the comparison)')
-    p.add_argument('--no-serial', action='store_true', help='skip the extra end-to-end run without workers')
+    p.add_argument('--no-serial', action='store_true', help='skip the extra end-to-end run with the other choice of workers (0 or 1)')
     p.add_argument('--pool', type=int, default=32, help='distinct synthetic images generated (the rest are links)')
     p.add_argument('--keep', default=None, help='folder to keep the images in (reused when it has the right count)')
     args = p.parse_args(argv)
@@ -240,8 +245,8 @@ def main(argv=None):
         if args.extrapolate: sections.append(run_extrapolate(args, dev, amp, specs, folder, tmp))
         else: sections.append(run_compare(args, dev, amp, specs, folder, tmp))
     body = ("Random-weight U-Nets (speed does not depend on the weights). End to end = `predict_folder` (JPEG decode "
-            "in DataLoader workers, resize, members with TTA, upsample of probabilities to 1280x1918, weighted mean, "
-            "threshold, RLE in a thread, CSV). Floor = the same members with TTA on the same images already decoded, "
+            "and resize in DataLoader workers or in the main process, members with TTA, weighted mean (members of one size summed at that size, "
+            "each size upsampled once to 1280x1918), threshold, RLE in a thread, CSV). Floor = the same members with TTA on the same images already decoded, "
             "resized and normalised in memory. '% of floor' = e2e images/s over floor images/s (median of per-round "
             "ratios).\n\n" + '\n\n'.join(sections))
     title = 'Prediction: extrapolation to the test set' if args.extrapolate else 'Prediction end to end vs model floor'

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['TTA_TFMS', 'TTA_PRESETS', 'TTAS', 'TTA_MERGES', 'ENSEMBLE_MERGES', 'IMAGE_EXTS', 'SUBMISSION_HEADER', 'TTATfm',
-           'HFlip', 'VFlip', 'Scale', 'Compose', 'tta_tfm', 'tta_tfms', 'TTA', 'Member', 'combine_probs',
+           'HFlip', 'VFlip', 'Scale', 'Compose', 'tta_tfm', 'tta_tfms', 'TTA', 'Photos', 'Member', 'combine_probs',
            'probs_to_mask', 'Ensemble', 'load_ensemble', 'read_image', 'ImageFiles', 'collate_images', 'list_images',
            'index_rows', 'read_submission_names', 'parse_shard', 'images_to_predict', 'predict_folder', 'merge_shards',
            'check_rle', 'validate_submission', 'valid_items', 'evaluate_ensemble', 'to_markdown', 'best_threshold',
@@ -144,12 +144,26 @@ class TTA(nn.Module):
         return TTA_MERGES[self.merge](torch.stack([self.prob(x, t) for t in self.tfms]))
 
 # %% ../nbs/07_predict.ipynb #afcdb708
+def _resize_uint8(x, size) -> torch.Tensor:
+    "uint8 images (B,3,H,W) on the CPU resized to `size` (antialiased, channels_last, rounded to uint8 like PIL)."
+    return _resize(x.contiguous(memory_format=torch.channels_last), size, antialias=True)
+
 def _resize_images(x, size) -> torch.Tensor:
     "uint8 (or 0-255 float) images (B,3,H,W) resized to `size`, as float32 0-255."
     if tuple(x.shape[-2:]) == tuple(size): return x.float()
-    if x.dtype == torch.uint8 and x.device.type == 'cpu':
-        return _resize(x.contiguous(memory_format=torch.channels_last), size, antialias=True).float()
+    if x.dtype == torch.uint8 and x.device.type == 'cpu': return _resize_uint8(x, size).float()
     return _resize(x.float(), size)
+
+class Photos:
+    "Photos (B,3,H,W) kept only as uint8 copies resized to each member size: `at[(h, w)]` (B,3,h,w); `shape` is the originals'."
+    def __init__(self, shape, at): self.shape, self.at = torch.Size(shape), dict(at)
+    @classmethod
+    def resize(cls, x, sizes): return cls(x.shape, {s: _resize_uint8(x, s) for s in sizes})
+    @property
+    def device(self): return next(iter(self.at.values())).device
+    def to(self, *args, **kwargs): return Photos(self.shape, {s: v.to(*args, **kwargs) for s, v in self.at.items()})
+    def __len__(self): return self.shape[0]
+    def __repr__(self): return f"Photos({tuple(self.shape)} at {list(self.at)})"
 
 def _amp_dtype(device, mixed_precision='auto'):
     "The autocast dtype for `device`: bf16 (or fp16) on CUDA with `mixed_precision` 'auto'/True, else None."
@@ -175,15 +189,19 @@ class Member(nn.Module):
     def model(self): return self.tta.model
 
     def inputs(self, x) -> torch.Tensor:
-        "uint8 photos -> the model's normalised input at the member's size."
+        "uint8 photos (a tensor, or `Photos` already resized) -> the model's normalised input at the member's size."
+        if isinstance(x, Photos): x = x.at[self.size]
         x = (_resize_images(x, self.size) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def prob(self, x, tta=True) -> torch.Tensor:
+        "Probabilities (B,1,h,w) float32 of uint8 photos `x` (B,3,H,W), at the member's own size (`tta=False`: without TTA)."
+        ctx = torch.autocast(x.device.type, dtype=self.amp) if self.amp else nullcontext()
+        with ctx: return self.tta(self.inputs(x), tta=tta).float()
+
     def forward(self, x, tta=True) -> torch.Tensor:
         "Probabilities (B,1,H,W) float32 of uint8 photos `x` (B,3,H,W), at their size (`tta=False`: without TTA)."
-        ctx = torch.autocast(x.device.type, dtype=self.amp) if self.amp else nullcontext()
-        with ctx: p = self.tta(self.inputs(x), tta=tta)
-        return _resize(p.float(), x.shape[-2:])
+        return _resize(self.prob(x, tta), x.shape[-2:])
 
     def extra_repr(self): return f"name={self.name!r}, size={self.size}, tta={self.tta.tfms}, merge={self.tta.merge!r}"
 
@@ -212,7 +230,7 @@ def combine_probs(probs, weights=None, merge='mean', thresh=0.5) -> torch.Tensor
 
 def probs_to_mask(out, merge='mean', thresh=0.5) -> torch.Tensor:
     "The uint8 mask of a combined map: `out > thresh` for the mean, `out > 0.5` (a weighted majority) for the vote."
-    return (out > (0.5 if merge == 'vote' else thresh)).to(torch.uint8)
+    return (out > (0.5 if merge == 'vote' else thresh)).view(torch.uint8)     # a view of the bools: no second pass
 
 # %% ../nbs/07_predict.ipynb #96afba68
 class Ensemble(nn.Module):
@@ -236,10 +254,21 @@ class Ensemble(nn.Module):
             if cl: m.model.to(memory_format=torch.channels_last)
         return self
 
+    def combine(self, probs, size, thresh=None) -> torch.Tensor:
+        "Combined map at `size` of the members' `probs` at their own sizes: weighted sums per member size, each upsampled once."
+        thresh = self.thresh if thresh is None else thresh
+        if self.merge == 'vote': return combine_probs((_resize(p, size) for p in probs), self.weights, 'vote', thresh)
+        sums = {}
+        for p, w in zip(probs, self.weights):
+            hw = tuple(p.shape[-2:])
+            sums[hw] = p*w if hw not in sums else sums[hw].add_(p, alpha=w)
+        out = None
+        for s in sums.values(): out = _resize(s, size) if out is None else out.add_(_resize(s, size))
+        return out
+
     def forward(self, x, tta=True, thresh=None) -> torch.Tensor:
         "Combined map (B,1,H,W) of uint8 photos `x`: weighted mean probability, or weighted vote fraction of `p > thresh`."
-        thresh = self.thresh if thresh is None else thresh
-        return combine_probs((m(x, tta=tta) for m in self.members), self.weights, self.merge, thresh)
+        return self.combine((m.prob(x, tta=tta) for m in self.members), x.shape[-2:], thresh)
 
     def masks(self, x, thresh=None, tta=True) -> torch.Tensor:
         "uint8 masks (B,H,W) {0,1} of uint8 photos `x` (B,3,H,W), on `x`'s device."
@@ -291,19 +320,25 @@ def _read_pil(fn):
     with Image.open(fn) as im: return torch.from_numpy(np.asarray(im.convert('RGB')).copy()).permute(2, 0, 1)
 
 class ImageFiles(Dataset):
-    "The photos `files` as uint8 (3,H,W) tensors: item `i` is `(i, image, None)`, or `(i, None, error)` for an unreadable file."
-    def __init__(self, files): self.files = [Path(f) for f in files]
+    "Photos `files`: item `i` is `(i, uint8 (3,H,W), None)` (or `Photos` at `sizes`), or `(i, None, error)` for an unreadable file."
+    def __init__(self, files, sizes=()): self.files, self.sizes = [Path(f) for f in files], [_hw(s) for s in sizes]
     def __len__(self): return len(self.files)
     def __getitem__(self, i):
-        try: return i, read_image(self.files[i]), None
+        try: img = read_image(self.files[i])
         except Exception as e: return i, None, _short_error(e)
+        return i, Photos.resize(img[None], self.sizes) if self.sizes else img, None
+
+def _stack(imgs):
+    "Stack uint8 (3,H,W) channels-last views into (B,3,H,W) channels_last (no copy of layout), or `Photos` of one image into one."
+    if isinstance(imgs[0], Photos): return Photos((len(imgs), *imgs[0].shape[1:]), {s: _stack([p.at[s][0] for p in imgs]) for s in imgs[0].at})
+    return torch.stack([t.permute(1, 2, 0) for t in imgs]).permute(0, 3, 1, 2)
 
 def collate_images(batch) -> dict:
-    "`groups`: [(indices, uint8 images (b,3,h,w) channels_last)] by image size; `bad`: [(index, error)]."
+    "`groups`: [(indices, uint8 images (b,3,h,w) channels_last, or `Photos`)] by image size; `bad`: [(index, error)]."
     by_size = {}
     for i, img, err in batch:
         if img is not None: by_size.setdefault(tuple(img.shape[-2:]), []).append((i, img))
-    groups = [([i for i, _ in g], torch.stack([t.permute(1, 2, 0) for _, t in g]).permute(0, 3, 1, 2)) for g in by_size.values()]
+    groups = [([i for i, _ in g], _stack([t for _, t in g])) for g in by_size.values()]
     return dict(groups=groups, bad=[(i, err) for i, img, err in batch if img is None])
 
 def list_images(folder) -> list:
@@ -401,8 +436,9 @@ def images_to_predict(folder, sample_submission=None, shard=None) -> list:
 
 # %% ../nbs/07_predict.ipynb #c25975e7
 def _default_workers(device) -> int:
+    "DataLoader workers: up to 8 on CUDA; none on the CPU, whose cores the models already use (a worker only competes)."
     n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
-    return min(8, n) if device.type == 'cuda' else min(4, max(1, n // 2))
+    return min(8, n) if device.type == 'cuda' else 0
 
 def _encode(masks, event=None) -> list:
     "RLE strings of uint8 masks (B,H,W) on the CPU (after waiting for their copy's CUDA `event`)."
@@ -445,7 +481,8 @@ def predict_folder(ens, folder, out_csv, sample_submission=None, bs=4, num_worke
     dev = ens.device
     cuda = dev.type == 'cuda'
     nw = _default_workers(dev) if num_workers is None else num_workers
-    dl = DataLoader(ImageFiles([folder/n for n in todo]), batch_size=bs, num_workers=nw, collate_fn=collate_images,
+    sizes = () if cuda else sorted({m.size for m in ens.members})        # CPU: workers resize to the members' sizes
+    dl = DataLoader(ImageFiles([folder/n for n in todo], sizes), batch_size=bs, num_workers=nw, collate_fn=collate_images,
                     pin_memory=cuda, prefetch_factor=2 if nw else None)
     summary = dict(out=None, images=len(names), kept=len(done), predicted=0, corrupt={}, odd_sizes={}, shard=shard)
     pb = progress_bar(range(len(todo))) if progress and todo else None
@@ -620,10 +657,10 @@ def evaluate_ensemble(ens, data=None, valid_pct=0.2, seed=42, bs=4, thresh=None,
     pb = progress_bar(batches, total=-(-len(items)//bs), leave=False) if progress else batches
     with torch.inference_mode():
         for x, y in pb:
-            p0 = [m(x, tta=False) for m in ms]
-            p1 = [m(x) if _has_tta(m) else p for m, p in zip(ms, p0)]
-            preds = [p[:, 0] > thresh for pair in zip(p0, p1) for p in pair]
-            preds += [probs_to_mask(combine_probs(p, ens.weights, ens.merge, thresh), ens.merge, thresh)[:, 0] for p in (p0, p1)]
+            q0 = [m.prob(x, tta=False) for m in ms]
+            q1 = [m.prob(x) if _has_tta(m) else q for m, q in zip(ms, q0)]
+            preds = [_resize(q, x.shape[-2:])[:, 0] > thresh for pair in zip(q0, q1) for q in pair]
+            preds += [probs_to_mask(ens.combine(q, x.shape[-2:], thresh), ens.merge, thresh)[:, 0] for q in (q0, q1)]
             sums += [dice_batch(p, y).sum().item() for p in preds]
             n += len(y)
     rows = [(f"member {i}" + (f" ({m.name})" if m.name else ''), 'x'.join(map(str, m.size)), t, w)
@@ -655,10 +692,11 @@ def best_threshold(ens, data=None, valid_pct=0.2, seed=42, threshs=None, tta=Tru
     batches = _labelled_batches(items, bs, ens.device)
     with torch.inference_mode():
         for x, y in (progress_bar(batches, total=-(-len(items)//bs), leave=False) if progress else batches):
-            ps = [m(x, tta=tta) for m in ens.members]
-            mean = combine_probs(ps, ens.weights) if ens.merge == 'mean' else None
+            qs = [m.prob(x, tta=tta) for m in ens.members]
+            if ens.merge == 'mean': mean = ens.combine(qs, x.shape[-2:])
+            else: mean, ps = None, [_resize(q, x.shape[-2:]) for q in qs]
             for k, t in enumerate(threshs):
-                comb = mean if mean is not None else combine_probs(ps, ens.weights, ens.merge, t)
+                comb = mean if mean is not None else combine_probs(ps, ens.weights, 'vote', t)
                 sums[k] += dice_batch(probs_to_mask(comb, ens.merge, t)[:, 0], y).sum().item()
             n += len(y)
     df = pd.DataFrame(dict(thresh=threshs, dice=sums / max(n, 1)))
