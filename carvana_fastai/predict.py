@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['TTA_TFMS', 'TTA_PRESETS', 'TTAS', 'TTA_MERGES', 'ENSEMBLE_MERGES', 'IMAGE_EXTS', 'SUBMISSION_HEADER', 'TTATfm',
-           'HFlip', 'VFlip', 'Scale', 'Compose', 'tta_tfm', 'tta_tfms', 'TTA', 'Photos', 'Member', 'combine_probs',
+           'HFlip', 'VFlip', 'Scale', 'Compose', 'tta_tfm', 'tta_tfms', 'TTA', 'Member', 'combine_probs',
            'probs_to_mask', 'Ensemble', 'load_ensemble', 'read_image', 'ImageFiles', 'collate_images', 'list_images',
            'index_rows', 'read_submission_names', 'parse_shard', 'images_to_predict', 'predict_folder', 'merge_shards',
            'check_rle', 'validate_submission', 'valid_items', 'evaluate_ensemble', 'to_markdown', 'best_threshold',
@@ -144,26 +144,12 @@ class TTA(nn.Module):
         return TTA_MERGES[self.merge](torch.stack([self.prob(x, t) for t in self.tfms]))
 
 # %% ../nbs/07_predict.ipynb #afcdb708
-def _resize_uint8(x, size) -> torch.Tensor:
-    "uint8 images (B,3,H,W) on the CPU resized to `size` (antialiased, channels_last, rounded to uint8 like PIL)."
-    return _resize(x.contiguous(memory_format=torch.channels_last), size, antialias=True)
-
 def _resize_images(x, size) -> torch.Tensor:
     "uint8 (or 0-255 float) images (B,3,H,W) resized to `size`, as float32 0-255."
     if tuple(x.shape[-2:]) == tuple(size): return x.float()
-    if x.dtype == torch.uint8 and x.device.type == 'cpu': return _resize_uint8(x, size).float()
+    if x.dtype == torch.uint8 and x.device.type == 'cpu':
+        return _resize(x.contiguous(memory_format=torch.channels_last), size, antialias=True).float()
     return _resize(x.float(), size)
-
-class Photos:
-    "Photos (B,3,H,W) kept only as uint8 copies resized to each member size: `at[(h, w)]` (B,3,h,w); `shape` is the originals'."
-    def __init__(self, shape, at): self.shape, self.at = torch.Size(shape), dict(at)
-    @classmethod
-    def resize(cls, x, sizes): return cls(x.shape, {s: _resize_uint8(x, s) for s in sizes})
-    @property
-    def device(self): return next(iter(self.at.values())).device
-    def to(self, *args, **kwargs): return Photos(self.shape, {s: v.to(*args, **kwargs) for s, v in self.at.items()})
-    def __len__(self): return self.shape[0]
-    def __repr__(self): return f"Photos({tuple(self.shape)} at {list(self.at)})"
 
 def _amp_dtype(device, mixed_precision='auto'):
     "The autocast dtype for `device`: bf16 (or fp16) on CUDA with `mixed_precision` 'auto'/True, else None."
@@ -189,8 +175,7 @@ class Member(nn.Module):
     def model(self): return self.tta.model
 
     def inputs(self, x) -> torch.Tensor:
-        "uint8 photos (a tensor, or `Photos` already resized) -> the model's normalised input at the member's size."
-        if isinstance(x, Photos): x = x.at[self.size]
+        "uint8 photos -> the model's normalised input at the member's size."
         x = (_resize_images(x, self.size) - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
@@ -320,25 +305,19 @@ def _read_pil(fn):
     with Image.open(fn) as im: return torch.from_numpy(np.asarray(im.convert('RGB')).copy()).permute(2, 0, 1)
 
 class ImageFiles(Dataset):
-    "Photos `files`: item `i` is `(i, uint8 (3,H,W), None)` (or `Photos` at `sizes`), or `(i, None, error)` for an unreadable file."
-    def __init__(self, files, sizes=()): self.files, self.sizes = [Path(f) for f in files], [_hw(s) for s in sizes]
+    "The photos `files` as uint8 (3,H,W) tensors: item `i` is `(i, image, None)`, or `(i, None, error)` for an unreadable file."
+    def __init__(self, files): self.files = [Path(f) for f in files]
     def __len__(self): return len(self.files)
     def __getitem__(self, i):
-        try: img = read_image(self.files[i])
+        try: return i, read_image(self.files[i]), None
         except Exception as e: return i, None, _short_error(e)
-        return i, Photos.resize(img[None], self.sizes) if self.sizes else img, None
-
-def _stack(imgs):
-    "Stack uint8 (3,H,W) channels-last views into (B,3,H,W) channels_last (no copy of layout), or `Photos` of one image into one."
-    if isinstance(imgs[0], Photos): return Photos((len(imgs), *imgs[0].shape[1:]), {s: _stack([p.at[s][0] for p in imgs]) for s in imgs[0].at})
-    return torch.stack([t.permute(1, 2, 0) for t in imgs]).permute(0, 3, 1, 2)
 
 def collate_images(batch) -> dict:
-    "`groups`: [(indices, uint8 images (b,3,h,w) channels_last, or `Photos`)] by image size; `bad`: [(index, error)]."
+    "`groups`: [(indices, uint8 images (b,3,h,w) channels_last)] by image size; `bad`: [(index, error)]."
     by_size = {}
     for i, img, err in batch:
         if img is not None: by_size.setdefault(tuple(img.shape[-2:]), []).append((i, img))
-    groups = [([i for i, _ in g], _stack([t for _, t in g])) for g in by_size.values()]
+    groups = [([i for i, _ in g], torch.stack([t.permute(1, 2, 0) for _, t in g]).permute(0, 3, 1, 2)) for g in by_size.values()]
     return dict(groups=groups, bad=[(i, err) for i, img, err in batch if img is None])
 
 def list_images(folder) -> list:
@@ -481,8 +460,7 @@ def predict_folder(ens, folder, out_csv, sample_submission=None, bs=4, num_worke
     dev = ens.device
     cuda = dev.type == 'cuda'
     nw = _default_workers(dev) if num_workers is None else num_workers
-    sizes = () if cuda else sorted({m.size for m in ens.members})        # CPU: workers resize to the members' sizes
-    dl = DataLoader(ImageFiles([folder/n for n in todo], sizes), batch_size=bs, num_workers=nw, collate_fn=collate_images,
+    dl = DataLoader(ImageFiles([folder/n for n in todo]), batch_size=bs, num_workers=nw, collate_fn=collate_images,
                     pin_memory=cuda, prefetch_factor=2 if nw else None)
     summary = dict(out=None, images=len(names), kept=len(done), predicted=0, corrupt={}, odd_sizes={}, shard=shard)
     pb = progress_bar(range(len(todo))) if progress and todo else None
