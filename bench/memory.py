@@ -30,9 +30,8 @@ def child_train(a):
     dev = torch.device(a.device)
     batches = make_batches(a.batches, a.bs, tuple(a.size), dev)
     cfg = json.loads(a.config)
-    cl = dev.type == 'cuda'                                     # as training does
-    if cl: batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
-    learn, _ = build_learner(cfg, batches, dev, a.amp == 'on', channels_last=cl)
+    batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]     # as training does
+    learn, _ = build_learner(cfg, batches, dev, a.amp == 'on', channels_last=True)
     base = current_rss()
     if dev.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats(); gbase = torch.cuda.memory_allocated()
     fit_fn(learn)()

@@ -135,13 +135,13 @@ def main(argv=None):
                    help="our U-Nets: names in CONFIGS or 'body:fusion:decoder', comma-separated")
     p.add_argument('--smp', default='resnet34', help="smp Unet encoder to compare with ('' for none)")
     p.add_argument('--channels-last', choices=['auto', 'on', 'off'], default='auto',
-                   help="models and batches in channels_last memory format (auto: on for CUDA, as training does)")
+                   help="models and batches in channels_last memory format (auto: on, as training does on CPU and CUDA)")
     args = p.parse_args(argv)
     dev = setup(args)
     import torch
     from carvana_fastai.losses import get_loss
     info = machine_info(dev, extra_versions=('segmentation_models_pytorch',))
-    cl = dev.type == 'cuda' if args.channels_last == 'auto' else args.channels_last == 'on'
+    cl = args.channels_last != 'off'                           # auto: on, as train_settings picks
     batches = make_batches(args.batches, args.bs, tuple(args.size), dev)
     if cl: batches = [(x.contiguous(memory_format=torch.channels_last), y) for x, y in batches]
     sections = []

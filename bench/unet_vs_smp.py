@@ -78,12 +78,12 @@ def main(argv=None):
     p.add_argument('--pred-size', type=int, nargs=2, default=(1280, 1918), metavar=('H', 'W'))
     p.add_argument('--pred-bs', type=int, default=1)
     p.add_argument('--no-predict', action='store_true', help='skip the prediction forward')
-    p.add_argument('--channels-last', choices=['auto', 'on', 'off'], default='auto', help='auto: on for CUDA')
+    p.add_argument('--channels-last', choices=['auto', 'on', 'off'], default='auto', help='auto: on, as training does')
     args = p.parse_args(argv)
     dev = setup(args)
     import torch, gc
     info = machine_info(dev, extra_versions=('segmentation_models_pytorch',))
-    cl = dev.type == 'cuda' if args.channels_last == 'auto' else args.channels_last == 'on'
+    cl = args.channels_last != 'off'                           # auto: on, as train_settings picks
     fmt = torch.channels_last if cl else torch.contiguous_format
     decoders = [d for d in args.decoders.split(',') if d]
     g = torch.Generator().manual_seed(0)

@@ -230,9 +230,9 @@ class Ensemble(nn.Module):
     def device(self): return next(iter(self.buffers())).device
 
     def prepare(self, device=None, mixed_precision='auto', channels_last='auto'):
-        "Move to `device` (default: CUDA if available) in eval mode, with autocast and channels_last on CUDA."
+        "Move to `device` (default: CUDA if available) in eval mode, channels_last (CPU and CUDA), autocast on CUDA."
         device = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
-        amp, cl = _amp_dtype(device, mixed_precision), device.type == 'cuda' if channels_last == 'auto' else bool(channels_last)
+        amp, cl = _amp_dtype(device, mixed_precision), True if channels_last == 'auto' else bool(channels_last)
         self.to(device).eval()
         for m in self.members:
             m.amp, m.channels_last = amp, cl

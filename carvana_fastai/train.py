@@ -135,7 +135,7 @@ def train_settings(device=None, mixed_precision='auto', channels_last='auto', nu
     if mp not in (None, 'bf16', 'fp16'):
         raise ValueError(f"mixed_precision must be 'auto', True, False, 'bf16' or 'fp16', not {mixed_precision!r}")
     if mp and not cuda: raise ValueError(f"mixed precision ({mp}) needs a CUDA device (fastai's MixedPrecision autocasts on CUDA); training is on {dev}")
-    cl = cuda if channels_last == 'auto' else channels_last
+    cl = True if channels_last == 'auto' else channels_last
     if not isinstance(cl, bool): raise ValueError(f"channels_last must be 'auto', True or False, not {channels_last!r}")
     if num_workers is None: num_workers = min(8, len(os.sched_getaffinity(0)) // max(1, num_distrib())) if cuda else 0
     return dict(device=dev, mixed_precision=mp, channels_last=cl, num_workers=num_workers, pin_memory=cuda)
