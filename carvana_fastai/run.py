@@ -271,10 +271,11 @@ def check_models(models, fetch_weights=True):
             except (OSError, ValueError) as e: raise UsageError(f"{where}: pretrained weights unavailable: {' '.join(str(e).split())}") from None
 
 def check_tta(tta):
-    "`UsageError` if `tta` is not one of the predictor's TTA presets."
+    "`UsageError` if `tta` is not a TTA setting the predictor takes (`predict.tta_tfms`: a preset or presets joined by '+')."
     if tta is None: return
-    from carvana_fastai.predict import TTA_PRESETS
-    _known('TTA', tta, list(TTA_PRESETS), 'ensemble.tta')
+    from carvana_fastai.predict import tta_tfms
+    try: tta_tfms(tta)
+    except ValueError as e: raise UsageError(f"ensemble.tta: {e}") from None
 
 def pick_device(device='auto') -> str:
     "`device`, or for 'auto' CUDA when there is one, else CPU; `UsageError` for CUDA without a GPU."
@@ -344,14 +345,6 @@ def _write_summary(m, folder, plan, data):
     (folder/'train.json').write_text(json.dumps(info, indent=1))
     return info
 
-def _final_from_last(folder):
-    "Write `model.pth` from the latest checkpoint when that one finished the plan (a run stopped before writing `model.pth`)."
-    from carvana_fastai.train import read_checkpoint, atomic_save, find_checkpoint
-    path = find_checkpoint(folder)
-    ck = read_checkpoint(path) if path is not None else {}
-    if not ck.get('done'): raise ValueError(f"{folder}: no model.pth, and no checkpoint that finished the plan")
-    atomic_save(dict(ck, opt=None), folder/'model.pth')
-
 def train_member(m, data, out, valid_pct=0.2, split_seed=42, resume=False, device='cpu', items=None) -> dict:
     "Train model entry `m` of a config on the Carvana folder `data` into `out/m['name']`; return its summary."
     folder = Path(out)/m['name']
@@ -380,7 +373,6 @@ def train_member(m, data, out, valid_pct=0.2, split_seed=42, resume=False, devic
     train_progressive(learn, plan, data, folder, resume=resume, seed=m['seed'], valid_pct=valid_pct,
                       dls_kwargs=dict(seed=split_seed, items=items), device=device)
     if _rank() != 0: return None                           # rank 0 writes the files
-    if not (folder/'model.pth').is_file(): _final_from_last(folder)
     info = _write_summary(m, folder, plan, data)
     dice = f", valid Dice {info['valid_dice']:.4f}" if info['valid_dice'] is not None else ''
     say(f"train {m['name']}: done{dice}; checkpoint {folder/'model.pth'} [{_secs(t0)}]")
@@ -628,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument('--resume', action='store_true', help="continue an interrupted run: reuse what is done, continue what is not")
     ens = _Parser(add_help=False)
     ens.add_argument('--models', nargs='+', required=True, metavar='CKPT', help="checkpoints (model.pth) of the ensemble members")
-    ens.add_argument('--tta', default=e['tta'] or 'none', help="test-time augmentation: none, hflip, vflip, flips, scales, hflip_scales")
+    ens.add_argument('--tta', default=e['tta'] or 'none', help="TTA: none, hflip, vflip, flips, scales, hflip_scales (or several joined by +)")
     ens.add_argument('--weights', nargs='+', type=float, metavar='W', help="one weight per model (default: equal)")
     ens.add_argument('--merge', default=e['merge'], choices=['mean', 'vote'], help="combine members by the weighted mean of probabilities or a weighted vote of masks")
     ens.add_argument('--bs', type=int, default=p['bs'], help="photos per batch")

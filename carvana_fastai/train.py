@@ -480,7 +480,7 @@ def train_progressive(learn, plan, data, out, resume=False, seed=None, valid_pct
             run.save(i, last, 'last.pth')
             run.write_history()
         if start_stage >= len(plan): run.say(f"{out}: all {len(plan)} stages were already trained")
-        else:
+        if start_stage < len(plan) or not (out/'model.pth').exists():       # a finished run that lost model.pth rewrites it
             run.save(len(plan)-1, plan[-1]['epochs']-1, 'model.pth', with_opt=False)
             run.write_history()
         distrib_barrier()
