@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command: library in sync with the notebooks, the notebooks' own tests, then pytest (last, for its summary line).
+# The test command: library in sync with the notebooks, notebooks clean, the notebooks' own tests, then pytest (last, for its summary line).
 # Extra arguments go to pytest, e.g. `bash tests/run.sh --runslow` or `bash tests/run.sh -k rle`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,14 @@ if ! diff -r -x __pycache__ "$before/carvana_fastai" carvana_fastai; then
   exit 1
 fi
 echo "in sync"
+echo "== nbdev_clean: are the notebooks committed clean (no outputs, no metadata; settings.ini clear_all)?"
+cp -r nbs "$before/nbs"
+nbdev_clean --fname "$before/nbs"
+if ! diff -r -q nbs "$before/nbs"; then
+  echo "FAIL: run nbdev_clean and commit the notebooks it changed"
+  exit 1
+fi
+echo "clean"
 echo "== nbdev_test"
 nbdev_test --n_workers 2 --timing
 echo "== pytest"
