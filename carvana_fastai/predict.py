@@ -244,7 +244,7 @@ class Ensemble(nn.Module):
         thresh = self.thresh if thresh is None else thresh
         if self.merge == 'vote': return combine_probs((_resize(p, size) for p in probs), self.weights, 'vote', thresh)
         sums = {}
-        for p, w in zip(probs, self.weights):
+        for p, w in zip(probs, self.weights, strict=True):
             hw = tuple(p.shape[-2:])
             sums[hw] = p*w if hw not in sums else sums[hw].add_(p, alpha=w)
         out = None
