@@ -156,8 +156,7 @@ def _amp_dtype(device, mixed_precision='auto'):
     if mixed_precision in ('auto', True): mixed_precision = device.type == 'cuda'
     if mixed_precision is False or mixed_precision is None: return None
     if device.type != 'cuda': raise ValueError(f"mixed precision needs a CUDA device, not {device}")
-    if mixed_precision is True or mixed_precision == 'auto':
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if mixed_precision is True: return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return dict(bf16=torch.bfloat16, fp16=torch.float16)[_check_choice(mixed_precision, ('bf16', 'fp16'), 'mixed_precision')]
 
 class Member(nn.Module):
@@ -635,10 +634,13 @@ def evaluate_ensemble(ens, data=None, valid_pct=0.2, seed=42, bs=4, thresh=None,
     pb = progress_bar(batches, total=-(-len(items)//bs), leave=False) if progress else batches
     with torch.inference_mode():
         for x, y in pb:
+            hw = x.shape[-2:]
             q0 = [m.prob(x, tta=False) for m in ms]
             q1 = [m.prob(x) if _has_tta(m) else q for m, q in zip(ms, q0)]
-            preds = [_resize(q, x.shape[-2:])[:, 0] > thresh for pair in zip(q0, q1) for q in pair]
-            preds += [probs_to_mask(ens.combine(q, x.shape[-2:], thresh), ens.merge, thresh)[:, 0] for q in (q0, q1)]
+            p0 = [_resize(q, hw)[:, 0] > thresh for q in q0]
+            p1 = [_resize(b, hw)[:, 0] > thresh if b is not a else p for a, b, p in zip(q0, q1, p0)]   # no TTA: the same mask
+            preds = [p for pair in zip(p0, p1) for p in pair]
+            preds += [probs_to_mask(ens.combine(q, hw, thresh), ens.merge, thresh)[:, 0] for q in (q0, q1)]
             sums += [dice_batch(p, y).sum().item() for p in preds]
             n += len(y)
     rows = [(f"member {i}" + (f" ({m.name})" if m.name else ''), 'x'.join(map(str, m.size)), t, w)
