@@ -43,13 +43,13 @@ def child_predict(a):
     "Predict a folder of full-size JPEGs with batch size `a.bs` and report the memory it took."
     import torch
     from predict import parse_models, build_ensemble
-    from carvana_fastai.predict import predict_folder
+    from carvana_fastai.submission import predict_folder
     dev = torch.device(a.device)
     specs = parse_models(a.models)
     ens = build_ensemble(specs, dev, a.amp == 'on')
     base = current_rss()
     if dev.type == 'cuda': torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
-    s = predict_folder(ens, a.data, Path(a.data).parent/f'mem_{a.bs}.csv', bs=a.bs, num_workers=a.workers, progress=False)
+    s = predict_folder(ens, a.data, Path(a.data).parent/f'mem_{a.bs}.csv', bs=a.bs, workers=a.workers, progress=False)
     r = dict(base_rss=base, images_per_s=s['images_per_s'], sizes=[list(m['size']) for m in specs])
     if dev.type == 'cuda': torch.cuda.synchronize(); r.update(gpu_peak=torch.cuda.max_memory_allocated())
     child_report(**r)

@@ -1,5 +1,5 @@
 """Prediction end to end (JPEG decode -> resize -> models with TTA -> upsample to 1280x1918 -> threshold -> RLE -> CSV)
-with `carvana_fastai.predict.predict_folder` on a folder of full-size synthetic JPEGs, against the model-forward floor:
+with `carvana_fastai.submission.predict_folder` on a folder of full-size synthetic JPEGs, against the model-forward floor:
 the same ensemble on the same images already in memory at each member's input size, TTA included. Target (issue 7):
 end-to-end images/s >= 85% of the floor, with DataLoader workers. Also a per-stage breakdown, and `--extrapolate N`:
 time N images end to end and extrapolate to the 100,064 images of the Kaggle test set (target <= 30 min on one H100).
@@ -50,11 +50,11 @@ def parse_models(s):
     return out
 
 def build_ensemble(specs, device, amp=False, tta='hflip', seed=0):
-    "A `predict.Ensemble` of random-weight U-Nets built from `specs`, prepared on `device` (autocast if `amp`)."
+    "An `ensemble.Ensemble` of random-weight U-Nets built from `specs`, prepared on `device` (autocast if `amp`)."
     import torch
     from carvana_fastai.unet import carvana_unet
     from carvana_fastai.bodies import body_stats
-    from carvana_fastai.predict import load_ensemble
+    from carvana_fastai.ensemble import load_ensemble
     members = []
     for i, s in enumerate(specs):
         torch.manual_seed(seed + i)
@@ -90,7 +90,7 @@ def make_test_folder(path, n, pool=16, seed=0):
 def load_batches(folder, bs, device, limit=None):
     "The folder's images decoded to uint8 (B,3,H,W) batches on `device` (for the in-memory contenders)."
     import torch
-    from carvana_fastai.predict import ImageFiles, list_images
+    from carvana_fastai.images import ImageFiles, list_images
     files = [Path(folder)/n for n in list_images(folder)][:limit]
     ds = ImageFiles(files)
     imgs = [ds[i][1] for i in range(len(ds))]
@@ -99,8 +99,8 @@ def load_batches(folder, bs, device, limit=None):
 # ------------------------------------------------------------------------------------------------ contenders
 def e2e_fn(ens, folder, out, bs, workers):
     "One `predict_folder` run over the folder (CSV written afresh each time); returns its summary."
-    from carvana_fastai.predict import predict_folder
-    return lambda: predict_folder(ens, folder, out, bs=bs, num_workers=workers, progress=False, resume=False)
+    from carvana_fastai.submission import predict_folder
+    return lambda: predict_folder(ens, folder, out, bs=bs, workers=workers, progress=False, resume=False)
 
 def _amp_ctx(m):
     import torch
@@ -139,14 +139,14 @@ def stage_fns(ens, batches, wait):
     return dict(inputs=inputs, full=full, rle=rle)
 
 def decode_fn(folder, limit):
-    from carvana_fastai.predict import ImageFiles, list_images
+    from carvana_fastai.images import ImageFiles, list_images
     ds = ImageFiles([Path(folder)/n for n in list_images(folder)][:limit])
     return lambda: [ds[i] for i in range(len(ds))]
 
 def check_output(out, ens, batches, folder, tol=1e-5):
     "The CSV has a row per image, and its first row decodes to the ensemble's in-memory mask of the first image."
     import csv, torch
-    from carvana_fastai.predict import list_images
+    from carvana_fastai.images import list_images
     from carvana_fastai.rle import rle_decode
     csv.field_size_limit(1 << 30)                               # a random model's mask is noisy: RLE rows of MBs
     rows = list(csv.reader(open(out)))
@@ -167,8 +167,8 @@ def run_compare(args, dev, amp, specs, folder, tmp):
     batches = load_batches(folder, args.bs, dev)
     out = tmp/f'sub_{int(amp)}.csv'
     workers = args.workers
-    from carvana_fastai.predict import _default_workers
-    nw = _default_workers(dev) if workers is None else workers
+    from carvana_fastai.core import default_workers
+    nw = default_workers(dev) if workers is None else workers
     fns = {'e2e': e2e_fn(ens, folder, out, args.bs, nw)}
     alt = 0 if nw else 1                                         # the other choice of workers, for comparison
     if not args.no_serial: fns['alt'] = e2e_fn(ens, folder, tmp/f'sub_alt_{int(amp)}.csv', args.bs, alt)
@@ -206,9 +206,9 @@ def run_extrapolate(args, dev, amp, specs, folder, tmp):
     "Time `predict_folder` over N images once (after a warm-up) and extrapolate to the 100,064 test images."
     ens = build_ensemble(specs, dev, amp, args.tta)
     warm = make_test_folder(tmp/'warm', max(args.bs*2, 4))
-    from carvana_fastai.predict import predict_folder
-    predict_folder(ens, warm, tmp/'warm.csv', bs=args.bs, num_workers=args.workers, progress=False)
-    s = predict_folder(ens, folder, tmp/'extra.csv', bs=args.bs, num_workers=args.workers, progress=False)
+    from carvana_fastai.submission import predict_folder
+    predict_folder(ens, warm, tmp/'warm.csv', bs=args.bs, workers=args.workers, progress=False)
+    s = predict_folder(ens, folder, tmp/'extra.csv', bs=args.bs, workers=args.workers, progress=False)
     ips = s['predicted'] / s['seconds']
     total = N_TEST / ips
     mp = 'off' if not amp else f"on ({str(ens.members[0].amp).replace('torch.', '')})"
@@ -225,7 +225,7 @@ def main(argv=None):
     p.add_argument('--workers', type=int, default=None, help="DataLoader workers (default: predict_folder's own)")
     p.add_argument('--models', default=None, help="'default', 'paper:2' or 'body:fusion:decoder@HxW,...' "
                    "(default: 'default', or 'paper:2' with --extrapolate)")
-    p.add_argument('--tta', default='hflip', help='TTA preset of carvana_fastai.predict (none, hflip, flips, ...)')
+    p.add_argument('--tta', default='hflip', help='TTA preset of carvana_fastai.ensemble (none, hflip, flips, ...)')
     p.add_argument('--extrapolate', type=int, default=0, metavar='N',
                    help='time N images end to end and extrapolate to 100,064 (instead of the comparison)')
     p.add_argument('--no-serial', action='store_true', help='skip the extra end-to-end run with the other choice of workers (0 or 1)')

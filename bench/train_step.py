@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (base_parser, setup, amp_modes, sync, machine_info, bench_alternating, paired_ratio, Timing,
                      fmt_time, md_table, verdict, append_results)
+from carvana_fastai.core import amp_dtype
 
 # The U-Nets of ours to time: name -> carvana_learner kwargs ('default' = the builder's defaults).
 CONFIGS = {'default': {}, 'resnet34': dict(body='resnet34', fusion='concat')}
@@ -75,12 +76,6 @@ def step_timer(device):
         def before_validate(self): raise CancelValidException()
     return StepTimer()
 
-def amp_dtype(amp):
-    "The autocast dtype for mixed precision on CUDA (bf16 where supported, as `train_settings` picks), or None."
-    import torch
-    if not amp: return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
 def build_learner(cfg, batches, device, amp, channels_last=False):
     "Our learner on fixed batches, optimizer torch Adam through fastai's `OptimWrapper`, no progress bar or logging."
     import torch
@@ -93,7 +88,7 @@ def build_learner(cfg, batches, device, amp, channels_last=False):
     learn.create_opt()                                          # now, so that the bare loop can step the same Adam
     timer = step_timer(device)
     learn.add_cb(timer)
-    if amp: learn.add_cb(MixedPrecision('bf16' if amp_dtype(amp) == torch.bfloat16 else 'fp16'))
+    if amp: learn.add_cb(MixedPrecision('bf16' if amp_dtype(device, True) == torch.bfloat16 else 'fp16'))
     learn.model.to(device)
     if channels_last: learn.model.to(memory_format=torch.channels_last)
     return learn, timer
@@ -109,7 +104,7 @@ def bare_fn(model, loss_func, batches, device, amp, opt=None, lr=1e-3):
     `opt`: the torch optimizer to step (default: a new torch Adam)."""
     import torch
     opt = opt or torch.optim.Adam(model.parameters(), lr=lr)
-    dtype = amp_dtype(amp)
+    dtype = amp_dtype(device, bool(amp))                        # bf16 where supported, as training picks
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     plain = [(x.as_subclass(torch.Tensor), y.as_subclass(torch.Tensor)) for x, y in batches]
     def f():
@@ -185,7 +180,7 @@ def main(argv=None):
                          '× smp step': '1.00', '× smp params': '1.00'})
         cols = ['U-Net', 'params', 'bare step', 'fastai step (in fit)', 'fastai overhead', 'whole fit() call',
                 'target', 'met'] + (['× smp step', '× smp params'] if 'bare:smp' in res else [])
-        mp = f"on ({str(amp_dtype(amp)).replace('torch.', '')})" if amp else 'off'
+        mp = f"on ({str(amp_dtype(dev, True)).replace('torch.', '')})" if amp else 'off'
         sections.append(f"**mixed precision {mp}**, channels_last {'on' if cl else 'off'} ({dev}, {args.size[0]}x{args.size[1]}, "
                         f"batch {args.bs}, {k} batches per timed loop, median of {args.repeats} alternating rounds)\n\n"
                         + md_table(rows, cols))

@@ -2,7 +2,8 @@ __version__ = "0.1.0"
 "`from carvana_fastai import *` gives the public API; modules are imported on first use, so the CLI's `--help` stays fast."
 import importlib
 
-_modules = ['rle', 'data', 'synth', 'bodies', 'unet', 'losses', 'train', 'predict']
+_modules = ['core', 'rle', 'config', 'data', 'synth', 'bodies', 'unet', 'losses', 'checkpoint', 'train', 'images', 'ensemble',
+            'submission', 'evaluate', 'report', 'workflow', 'cutout']
 
 def _exports(m):
     return getattr(importlib.import_module(f'{__name__}.{m}'), '__all__', [])

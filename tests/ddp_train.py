@@ -14,7 +14,7 @@ from carvana_fastai.train import train_progressive, distributed
 def make_learner(data):
     from carvana_fastai.data import carvana_dls
     from carvana_fastai.unet import carvana_learner
-    dls = carvana_dls(data, (32, 48), bs=4, num_workers=0, device='cpu')
+    dls = carvana_dls(data, (32, 48), bs=4, workers=0, device='cpu')
     return carvana_learner(dls, body='efficientnet_lite0', decoder='lean', pretrained=False)
 
 def main(data, out):

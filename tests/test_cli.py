@@ -1,11 +1,11 @@
 "The command line, run as a user runs it: `python -m carvana_fastai.run ...` in a subprocess, on tiny synthetic data."
-import csv, gzip, json, os, subprocess, sys, time
+import csv, gzip, importlib.util, json, os, shutil, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', MPLBACKEND='Agg', PYTHONWARNINGS='ignore', COLUMNS='200')
 ENV.pop('CARVANA_DEBUG', None)
-COMMANDS = ['all', 'synth', 'train', 'evaluate', 'predict', 'merge-shards', 'validate-submission']
+COMMANDS = ['all', 'synth', 'train', 'evaluate', 'predict', 'merge-shards', 'validate-submission', 'cutout']
 
 def cli(*args, timeout=600):
     "Run the CLI with `args`; return the CompletedProcess (text stdout/stderr)."
@@ -151,6 +151,49 @@ def test_steps_end_to_end(tmp_path, cli_data):
     broken.write_text('\n'.join(l for l in sub.read_text().splitlines()[:-1]) + '\n')      # one image missing
     r = cli('validate-submission', broken, '--data', cli_data)
     assert r.returncode == 1 and 'expected images have no row' in r.stdout
+
+    # cut-outs of the test photos with the same checkpoints: photos after --models, a folder and a glob; a bad file fails alone
+    photos = tmp_path/'photos'; shutil.copytree(cli_data/'test', photos)
+    (photos/'broken.jpg').write_bytes(b'not a jpeg')
+    n = len(list((cli_data/'test').glob('*.jpg')))
+    r = cli('cutout', '--models', *ckpts, photos, '--out', tmp_path/'cut', '--device', 'cpu')
+    assert r.returncode == 1 and 'broken.jpg' in r.stderr and f"{n} written, 0 skipped (done before), 1 failed" in r.stdout, (r.stdout[-2000:], r.stderr[-2000:])
+    assert len(list((tmp_path/'cut').glob('*.png'))) == n and not (tmp_path/'cut'/'broken.png').exists()
+    (photos/'broken.jpg').unlink()
+    r = ok(cli('cutout', '--models', *ckpts, '--tta', 'none', '--out', tmp_path/'cut', '--resume', str(photos/'*.jpg')))
+    assert f"0 written, {n} skipped (done before)" in r.stdout.splitlines()[-1], r.stdout
+    one = sorted(photos.glob('*.jpg'))[0]
+    r = subprocess.run([sys.executable, '-m', 'carvana_fastai.run', 'cutout', '--models', *map(str, ckpts), '-', '--out',
+                        str(tmp_path/'masks'), '--mask-only'], input=f"{one}\n", capture_output=True, text=True, env=ENV)
+    ok(r)
+    assert [p.stem for p in (tmp_path/'masks').glob('*.png')] == [one.stem]
+
+def test_cutout_usage_errors(tmp_path):
+    "`cutout`'s bad arguments are one line, exit code 2, before any model is loaded."
+    (tmp_path/'m.pth').write_bytes(b'x')
+    one_line_error(cli('cutout', '--models', tmp_path/'m.pth', '--out', tmp_path/'o'), 'cutout needs photos')
+    one_line_error(cli('cutout', '--models', tmp_path/'no.pth', tmp_path, '--out', tmp_path/'o'), 'checkpoint', 'no.pth', 'does not exist')
+    one_line_error(cli('cutout', '--models', tmp_path/'m.pth', tmp_path/'nope.jpg', '--out', tmp_path/'o'), 'nope.jpg', 'no such file')
+    one_line_error(cli('cutout', '--models', tmp_path/'m.pth', '--out', tmp_path/'o', '--background', 'whiet', 'x.jpg'), 'background must be')
+    one_line_error(cli('cutout', '--models', tmp_path/'m.pth', '--out', tmp_path/'o', '--alpha', 'medium', 'x.jpg'), "invalid choice: 'medium'")
+
+# --- your own photos: the folders layout -----------------------------------------------------------------------------
+
+def test_folders_layout(tmp_path, cli_data):
+    "Photos in images/, masks in masks/ named <stem>_mask.gif, grouped by car: train and evaluate through the CLI."
+    d = tmp_path/'mine'
+    shutil.copytree(cli_data/'train', d/'images')
+    shutil.copytree(cli_data/'train_masks', d/'masks')
+    cfg = tiny_config(models=[dict(name='a', body='efficientnet_lite0', pretrained=False, plan=[dict(size=[32, 48], epochs=1, bs=4)])],
+                      data=dict(layout='folders', mask_suffix='_mask', group=r'^([^_]+)_'))
+    cfg = write_yaml(tmp_path/'mine.yaml', cfg)
+    one_line_error(cli('train', '--config', cfg, '--data', tmp_path, '--out', tmp_path/'m'), 'has no images/ folder')
+    ok(cli('train', '--config', cfg, '--data', d, '--out', tmp_path/'m', '--device', 'cpu'))
+    info = json.loads((tmp_path/'m'/'a'/'train.json').read_text())
+    assert info['valid_dice'] is not None
+    r = ok(cli('evaluate', '--data', d, '--layout', 'folders', '--mask-suffix', '_mask', '--group', r'^([^_]+)_',
+               '--models', tmp_path/'m'/'a'/'model.pth', '--tta', 'none'))
+    assert 'evaluate:' in r.stdout
 
 # --- `all`, and --resume after an interruption ----------------------------------------------------------------------
 

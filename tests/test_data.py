@@ -284,3 +284,151 @@ def test_synthetic_layout(synth):
     dls = carvana_dls(synth, size=(48, 72), bs=4, aug=True)
     xb, yb = dls.one_batch()
     assert xb.shape == (4, 3, 48, 72) and yb.shape == (4, 48, 72) and set(yb.unique().tolist()) <= {0, 1}
+
+# --- any layout: folder_items / data_items -------------------------------------------------------------------------
+
+from carvana_fastai.data import folder_items, data_items, PHOTO_EXTS, MASK_EXTS
+
+def square(h=24, w=32, y=4, x=6):
+    m = np.zeros((h, w), bool); m[y:y + h // 2, x:x + w // 2] = True; return m
+
+def write_folders(path, stems=('a-1', 'a-2', 'b-1', 'b-2', 'c-1'), suffix='_mask', size=(24, 32), ext='.png'):
+    "photos/{stem}.jpg with a red square, masks/{stem}{suffix}{ext} (0/255 greyscale)."
+    path = Path(path); (path / 'photos').mkdir(parents=True); (path / 'masks').mkdir()
+    for i, s in enumerate(stems):
+        m = square(*size, y=2 + i, x=3 + i)
+        img = np.full((*size, 3), WALL, np.uint8); img[m] = CAR_RGB
+        Image.fromarray(img).save(path / 'photos' / f'{s}.jpg', quality=95)
+        Image.fromarray(m.view(np.uint8) * 255).save(path / 'masks' / f'{s}{suffix}{ext}')
+    return path
+
+def items(p, **kw): return folder_items(p, 'photos', 'masks', **{'mask_suffix': '_mask', **kw})
+
+def test_folder_items_columns_groups_and_views(tmp_path):
+    p = write_folders(tmp_path / 'f')
+    df = items(p, group=r'^([a-z])-')
+    assert list(df.columns) == ['img', 'car_id', 'view', 'mask', 'rle'] and len(df) == 5
+    assert list(df.car_id) == ['a', 'a', 'b', 'b', 'c'] and list(df['view']) == [1, 2, 1, 2, 1]
+    assert df['rle'].isna().all() and all(m.name == f'{i.stem}_mask.png' for i, m in zip(df.img, df['mask']))
+    assert df.attrs['layout'] == 'folders' and df.attrs['skipped'] == []
+    assert items(p).car_id.nunique() == 5                              # default: each photo its own group
+    assert list(items(p, group=r'-(\d)$').car_id) == ['1', '1', '1', '2', '2']
+    assert items(p, group='[a-z]').car_id.nunique() == 3               # no group in the pattern: the whole match
+    assert list(items(p, group=lambda s: s.split('-')[1]).car_id.unique()) == ['1', '2']
+    trn, val = car_splitter(0.34, 0)(items(p, group=r'^([a-z])-'))
+    d = items(p, group=r'^([a-z])-')
+    assert not set(d.car_id[trn]) & set(d.car_id[val])
+
+def test_folder_items_no_suffix_and_other_extensions(tmp_path):
+    p = write_folders(tmp_path / 'f', suffix='', ext='.bmp')
+    assert len(folder_items(p, 'photos', 'masks')) == 5
+    assert set(MASK_EXTS) >= {'.png', '.gif', '.bmp', '.tif', '.tiff'} and '.jpg' not in MASK_EXTS and '.jpg' in PHOTO_EXTS
+
+@pytest.mark.parametrize('form', ['01', '0255', 'palette', 'palette_renumbered', 'rgba', 'la', 'rgb', 'bit', 'u16', 'gif', 'tiff'])
+def test_mask_forms(tmp_path, form):
+    "Every mask form reads as the same {0,1} mask: >0 is car, or alpha >= 128 where there is an alpha."
+    m = square()
+    u8 = m.view(np.uint8)
+    fn = tmp_path / ('m.gif' if form == 'gif' else 'm.tif' if form == 'tiff' else 'm.png')
+    if form == '01': Image.fromarray(u8).save(fn)
+    elif form == '0255': Image.fromarray(u8 * 255).save(fn)
+    elif form == 'palette':
+        im = Image.fromarray(u8 * 3, 'P'); im.putpalette([0, 0, 0] * 3 + [10, 200, 30]); im.save(fn)
+    elif form == 'palette_renumbered':                        # index 0 is the car's colour, 1 the black background
+        im = Image.fromarray(1 - u8, 'P'); im.putpalette([255, 255, 255, 0, 0, 0]); im.save(fn)
+    elif form == 'rgba':                                      # a cut-out: colours everywhere, alpha the mask
+        rgba = np.dstack([np.full((*m.shape, 3), 90, np.uint8), np.where(m, 200, 40).astype(np.uint8)]); Image.fromarray(rgba).save(fn)
+    elif form == 'la': Image.fromarray(np.dstack([np.full(m.shape, 255, np.uint8), u8 * 255])).convert('LA').save(fn)
+    elif form == 'rgb': Image.fromarray(np.dstack([u8 * 0, u8 * 0, u8 * 1])).save(fn)   # even (0,0,1) is not black
+    elif form == 'bit': Image.fromarray(m).convert('1').save(fn)
+    elif form == 'u16': Image.fromarray(m.astype(np.uint16) * 65535).save(fn)
+    elif form == 'gif': save_gif(m, fn)
+    elif form == 'tiff': Image.fromarray(u8 * 255).save(fn)
+    r = load_mask(fn)
+    assert r.dtype == np.uint8 and r.shape == m.shape
+    np.testing.assert_array_equal(r, u8)
+
+def test_opaque_rgba_reads_colours(tmp_path):
+    "An alpha that is the same everywhere carries no mask: the colours are read."
+    m = square(); rgba = np.dstack([np.repeat(m.view(np.uint8)[..., None] * 255, 3, -1), np.full(m.shape, 255, np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / 'm.png')
+    np.testing.assert_array_equal(load_mask(tmp_path / 'm.png'), m.view(np.uint8))
+
+def break_folders(p, what):
+    "One kind of damage to a folders layout; return (file the error must name, text it must contain)."
+    if what == 'photo_without_mask': (p / 'masks' / 'b-1_mask.png').unlink(); return 'b-1.jpg', 'photo without a mask'
+    if what == 'mask_without_photo': (p / 'photos' / 'b-1.jpg').unlink(); return 'b-1_mask.png', 'mask without a photo'
+    if what == 'size':
+        Image.fromarray(np.zeros((20, 32), np.uint8)).save(p / 'masks' / 'b-1_mask.png')
+        return 'b-1_mask.png', 'mask size 32x20 differs from the size 32x24 (w x h) of its image'
+    if what == 'unreadable_photo': (p / 'photos' / 'b-1.jpg').write_bytes(b'junk'); return 'b-1.jpg', 'not a readable photo'
+    if what == 'unreadable_mask': (p / 'masks' / 'b-1_mask.png').write_bytes(b'junk'); return 'b-1_mask.png', 'not a readable mask image'
+    if what == 'not_a_photo': (p / 'photos' / 'notes.txt').write_text('x'); return 'notes.txt', 'not a photo file'
+    if what == 'jpeg_mask':
+        (p / 'masks' / 'b-1_mask.png').rename(p / 'masks' / 'b-1_mask.jpg'); return 'b-1_mask.jpg', 'not a mask file'
+    if what == 'two_photos':
+        (p / 'photos' / 'b-1.png').write_bytes((p / 'photos' / 'b-1.jpg').read_bytes()); return 'b-1.png', "a second photo for 'b-1'"
+    if what == 'no_suffix': (p / 'masks' / 'b-1.png').write_bytes(b''); (p / 'masks' / 'b-1_mask.png').unlink(); return 'b-1.png', "mask name does not end with '_mask'"
+    if what == 'group': (p / 'photos' / 'b-1.jpg').rename(p / 'photos' / 'B1.jpg'); (p / 'masks' / 'b-1_mask.png').rename(p / 'masks' / 'B1_mask.png'); return 'B1.jpg', 'does not match the group pattern'
+    if what == 'folder': (p / 'photos' / 'sub').mkdir(); return 'sub', 'not a photo file'
+
+FOLDER_KINDS = ['photo_without_mask', 'mask_without_photo', 'size', 'unreadable_photo', 'unreadable_mask', 'not_a_photo',
+                'jpeg_mask', 'two_photos', 'no_suffix', 'group', 'folder']
+
+@pytest.mark.parametrize('what', FOLDER_KINDS)
+def test_folder_bad_input_named(tmp_path, what):
+    p = write_folders(tmp_path / 'f')
+    name, text = break_folders(p, what)
+    with pytest.raises(ValueError) as e: items(p, group=r'^([a-z])-')
+    assert name in str(e.value) and text in str(e.value), str(e.value)
+    with pytest.warns(UserWarning, match=r'[12] of \d+ files') as w: df = items(p, group=r'^([a-z])-', on_error='warn')
+    assert name in str(w[0].message) and 1 <= len(df.attrs['skipped']) <= 2     # (a JPEG mask: its photo has no mask)
+    assert len(df) >= 3
+    assert name not in {f.name for f in df.img} | {f.name for f in df['mask']}
+
+def test_folder_suffix_hint_and_missing_folders(tmp_path):
+    p = write_folders(tmp_path / 'f')
+    with pytest.raises(ValueError, match=r"pass mask_suffix='_mask'\?"): folder_items(p, 'photos', 'masks')
+    with pytest.raises(FileNotFoundError, match='images: no such folder'): folder_items(p)
+    with pytest.raises(FileNotFoundError, match='labels: no such folder'): folder_items(p, 'photos', 'labels')
+    (p / 'empty').mkdir()
+    with pytest.raises(FileNotFoundError, match='has no photos'): folder_items(p, 'empty', 'masks')
+    with pytest.raises(ValueError, match='group must be a regular expression'): items(p, group='([a-z')
+    with pytest.raises(ValueError, match='on_error'): items(p, on_error='skip')
+    with pytest.raises(ValueError, match='no usable photos'):
+        with pytest.warns(UserWarning): folder_items(p, 'photos', 'masks', mask_suffix='_x', on_error='warn')
+
+def test_exif_rotated_photo_fits_upright_mask(tmp_path):
+    "A phone photo stored sideways with an EXIF orientation: its mask is drawn on the upright photo; both load upright."
+    p = write_folders(tmp_path / 'f', stems=('a',))
+    up = Image.open(p / 'photos' / 'a.jpg'); exif = Image.Exif(); exif[0x0112] = 6          # 6: rotate 90 CW to display
+    up.transpose(Image.Transpose.ROTATE_90).save(p / 'photos' / 'a.jpg', exif=exif, quality=95)
+    assert Image.open(p / 'photos' / 'a.jpg').size == (24, 32)                                # stored sideways
+    df = items(p)
+    assert load_image(df.img[0]).size == (32, 24) and load_mask(df.iloc[0]).shape == (24, 32)
+
+def test_data_items_dispatch(tmp_path, layout):
+    p = write_folders(tmp_path / 'f')
+    assert len(data_items(layout)) == 20 and len(data_items(layout, split='test')) == 4
+    assert data_items(p, 'folders', images='photos', mask_suffix='_mask', group=r'^(\w)').car_id.nunique() == 3
+    with pytest.raises(ValueError, match="unknown layout 'folder'; did you mean 'folders'"): data_items(p, 'folder')
+    with pytest.raises(ValueError, match="mask_suffix: only for layout='folders'"): data_items(layout, mask_suffix='_m')
+
+def test_train_on_folders(tmp_path):
+    "carvana_dls over folder_items: batches of the right shape with {0,1} masks, split by group; a learner trains on it."
+    from carvana_fastai.unet import carvana_learner
+    p = write_folders(tmp_path / 'f', stems=[f'{g}-{i}' for g in 'abcde' for i in range(2)])
+    df = items(p, group=r'^([a-z])-')
+    dls = carvana_dls(p, (16, 24), bs=4, items=df, aug=False, valid_pct=0.2, seed=0, workers=0)
+    xb, yb = dls.one_batch()
+    assert xb.shape == (4, 3, 16, 24) and set(yb.unique().tolist()) == {0, 1}
+    assert dls.valid.items.car_id.nunique() == 1 and not set(dls.valid.items.car_id) & set(dls.train.items.car_id)
+    learn = carvana_learner(dls, body='resnet18', pretrained=False)
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+    assert np.isfinite(learn.recorder.values[-1]).all()
+
+def test_workers_renamed(layout):
+    with pytest.warns(DeprecationWarning, match="'num_workers' is renamed 'workers'"):
+        dls = carvana_dls(layout, (16, 24), bs=4, num_workers=0)
+    assert dls.train.fake_l.num_workers == 0
+    with pytest.raises(TypeError, match='both'): carvana_dls(layout, (16, 24), num_workers=0, workers=0)

@@ -2,7 +2,8 @@
 import os, socket, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from carvana_fastai.train import read_checkpoint, read_history
+from carvana_fastai.train import read_history
+from carvana_fastai.checkpoint import read_checkpoint
 
 def free_port():
     with socket.socket() as s:

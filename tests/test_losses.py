@@ -60,7 +60,7 @@ def test_float_and_channel_targets():
 
 def test_bad_input():
     with pytest.raises(ValueError, match="did you mean 'lovasz'"): get_loss('lovaz')
-    with pytest.raises(ValueError, match='Registered losses: bce, dice'): get_loss('focal_tversky_xyz')
+    with pytest.raises(ValueError, match='known: bce, dice'): get_loss('focal_tversky_xyz')
     loss = get_loss('bce_dice')
     with pytest.raises(ValueError, match=r'one-channel logits .* got \(2, 3, 8, 8\)'): loss(torch.zeros(2, 3, 8, 8), torch.zeros(2, 8, 8))
     with pytest.raises(ValueError, match='does not match'): loss(torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 9))
@@ -163,3 +163,12 @@ def test_learner_with_each_loss(seg_dls, name):
     full, dec1, prob1 = learn.predict(seg_dls.valid_ds.items[0])
     assert dec1.shape == (32, 48) and set(dec1.unique().tolist()) <= {0, 1}
     learn.show_results(max_n=2); plt.close('all')
+
+def test_thresh_renamed_threshold():
+    "`threshold` is the name; the old `thresh` still works with a DeprecationWarning."
+    from carvana_fastai.losses import KaggleDice, IoU, binarize, BCEDiceLoss
+    with pytest.warns(DeprecationWarning, match="'thresh' is renamed 'threshold'"): assert KaggleDice(thresh=0.3).threshold == 0.3
+    with pytest.warns(DeprecationWarning): assert IoU(thresh=0.7).threshold == 0.7
+    with pytest.warns(DeprecationWarning): assert BCEDiceLoss(thresh=0.2).threshold == 0.2
+    x = torch.tensor([-1., 0.1, 2.])
+    with pytest.warns(DeprecationWarning): assert binarize(x, thresh=0.6).tolist() == binarize(x, threshold=0.6).tolist()

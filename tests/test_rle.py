@@ -1,6 +1,6 @@
 "RLE and Dice against plain loop implementations written here, on random and structured masks."
 import numpy as np, pytest, torch
-from carvana_fastai.rle import CARVANA_SHAPE, rle_encode, rle_decode, dice, mean_dice, dice_batch, kaggle_dice
+from carvana_fastai.rle import CARVANA_SHAPE, rle_encode, rle_decode, check_rle, dice, mean_dice, dice_batch, kaggle_dice
 
 def loop_encode(mask):
     "Straightforward reference: walk the row-major pixels, emit 1-indexed (start, length) per run of nonzero."
@@ -119,6 +119,7 @@ def test_default_shape_is_carvana():
 ])
 def test_bad_rle(rle, msg):
     with pytest.raises(ValueError, match=msg): rle_decode(rle, (4, 5))
+    with pytest.raises(ValueError, match=msg): check_rle(rle, (4, 5))       # the same rules, without decoding
 
 def test_bad_rle_type():
     with pytest.raises(ValueError, match='expected a string'): rle_decode(12, (4, 5))
@@ -157,7 +158,9 @@ def test_kaggle_dice_as_fastai_metric():
     ref = np.mean([loop_dice((probs[i, 0] > 0.5).numpy(), targ[i].numpy()) for i in range(5)])
     assert float(kaggle_dice(logits, targ)) == pytest.approx(ref, rel=1e-6)
     ref7 = np.mean([loop_dice((probs[i, 0] > 0.7).numpy(), targ[i].numpy()) for i in range(5)])
-    assert float(kaggle_dice(logits, targ, thresh=0.7)) == pytest.approx(ref7, rel=1e-6)
+    assert float(kaggle_dice(logits, targ, threshold=0.7)) == pytest.approx(ref7, rel=1e-6)
+    with pytest.warns(DeprecationWarning, match="'thresh' is renamed 'threshold'"):     # the old keyword, for a release
+        assert float(kaggle_dice(logits, targ, thresh=0.7)) == pytest.approx(ref7, rel=1e-6)
 
     class FakeLearner: pass
     met = AvgMetric(kaggle_dice); met.reset()

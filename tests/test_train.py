@@ -1,14 +1,17 @@
 "Progressive training end to end on tiny synthetic data: stages, checkpoints, resume, reproducibility, bad input."
-import errno, os, shutil, warnings
+import errno, io, os, re, shutil, warnings
 from collections import namedtuple
+from contextlib import redirect_stdout
 from pathlib import Path
 import pytest, torch
 warnings.filterwarnings('ignore', category=FutureWarning)
 from fastai.callback.core import Callback
 from fastai.torch_core import set_seed
 import carvana_fastai.train as train
-from carvana_fastai.train import (train_progressive, validate_plan, save_checkpoint, load_checkpoint, read_checkpoint,
-                                  read_history, CKPT_FORMAT)
+import carvana_fastai.checkpoint as checkpoint
+from carvana_fastai.train import train_progressive, read_history
+from carvana_fastai.config import validate_plan
+from carvana_fastai.checkpoint import save_checkpoint, load_checkpoint, read_checkpoint, CKPT_FORMAT
 from carvana_fastai.data import carvana_dls
 
 PLAN = [dict(size=(32, 48), epochs=1, lr=3e-3, bs=4), dict(size=(64, 96), epochs=2, lr=2e-3, bs=4)]
@@ -17,12 +20,12 @@ def make_learner(data, body='efficientnet_lite0', fusion='concat'):
     "A small U-Net learner, the same for the same seed."
     from carvana_fastai.unet import carvana_learner
     set_seed(1)
-    dls = carvana_dls(data, (32, 48), bs=4, num_workers=0, device='cpu')
+    dls = carvana_dls(data, (32, 48), bs=4, workers=0, device='cpu')
     return carvana_learner(dls, body=body, fusion=fusion, decoder='lean', pretrained=False)
 
-def fit(data, out, plan=PLAN, **kwargs):
+def fit(data, out, plan=PLAN, progress=False, **kwargs):
     learn = make_learner(data)
-    return learn, train_progressive(learn, plan, data, out, seed=0, progress=False, **kwargs)
+    return learn, train_progressive(learn, plan, data, out, seed=0, progress=progress, **kwargs)
 
 def same_weights(a, b):
     sa, sb = a.state_dict(), b.state_dict()
@@ -44,19 +47,19 @@ class Interrupt(Callback):
     def after_epoch(self):
         if tuple(self.dls.size) == self.size and self.epoch == self.at: raise KeyboardInterrupt
 
-Run = namedtuple('Run', 'learn history out')
+Run = namedtuple('Run', 'learn history out log')
 
 @pytest.fixture(scope='module')
 def straight(tiny_carvana, tmp_path_factory):
-    "The uninterrupted two-stage run the other tests compare with."
+    "The uninterrupted two-stage run the other tests compare with; stdout is not a terminal, so it prints log lines."
     out = tmp_path_factory.mktemp('straight')
     sizes = Sizes()
-    learn, hist = fit(tiny_carvana, out, cbs=[sizes])
+    with redirect_stdout(io.StringIO()) as log: learn, hist = fit(tiny_carvana, out, cbs=[sizes], progress=None, name='tiny')
     learn.sizes = sizes.sizes
-    return Run(learn, hist, out)
+    return Run(learn, hist, out, log.getvalue())
 
 def test_two_stages(straight):
-    learn, hist, out = straight
+    learn, hist, out, _ = straight
     assert learn.sizes == [(32, 48), (64, 96)]                   # each stage's DataLoaders at the stage's size
     assert list(hist['stage']) == [0, 1, 1] and list(hist['size']) == ['32x48', '64x96', '64x96']
     assert list(hist['epoch']) == [0, 0, 1]
@@ -69,8 +72,18 @@ def test_two_stages(straight):
     csv = read_history(out)
     assert no_time(csv).drop(columns='lr').equals(no_time(hist).drop(columns='lr'))
 
+def test_log_lines(straight):
+    "Without a terminal, one line per epoch: name, stage, size, epoch, losses, metrics, seconds."
+    lines = [l for l in straight.log.splitlines() if ' epoch ' in l]
+    assert len(lines) == 3, straight.log
+    pat = r"train tiny: stage (\d)/2 (\S+) epoch (\d)/(\d): train_loss [\d.]+ valid_loss [\d.]+ dice [\d.]+ iou [\d.]+ \([\d.]+ s\)"
+    got = [re.fullmatch(pat, l) for l in lines]
+    assert all(got), lines
+    assert [m.groups() for m in got] == [('1', '32x48', '1', '1'), ('2', '64x96', '1', '2'), ('2', '64x96', '2', '2')]
+    assert f"{straight.history['train_loss'].iloc[-1]:.4f}" in lines[-1]
+
 def test_checkpoint_contents(straight):
-    learn, hist, out = straight
+    learn, hist, out, _ = straight
     ck = read_checkpoint(out/'last.pth')
     assert ck['format'] == CKPT_FORMAT and ck['version'] == 1
     assert (ck['stage'], ck['epoch'], ck['size'], ck['done']) == (1, 1, (64, 96), True)
@@ -155,7 +168,7 @@ def test_save_is_atomic(straight, tmp_path, monkeypatch):
     before = path.read_bytes()
     def dying_save(obj, f):
         Path(f).write_bytes(b'half a checkpoint'); raise OSError(errno.ENOSPC, 'No space left on device')
-    monkeypatch.setattr(train.torch, 'save', dying_save)
+    monkeypatch.setattr(checkpoint.torch, 'save', dying_save)
     with pytest.raises(OSError): save_checkpoint(straight.learn, path, stage=1)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ['last.pth']
 

@@ -1,5 +1,6 @@
 "U-Net builder and learner: every preset x fusion x body at an odd size, config round trip, splitter, freezing, bad input, training."
 import json, warnings
+from pathlib import Path
 import pytest, torch
 warnings.filterwarnings('ignore', category=FutureWarning)
 from fastai.torch_core import set_seed
@@ -73,11 +74,55 @@ def test_n_in_and_wrong_channels():
 
 def test_bad_options():
     with pytest.raises(ValueError, match="unknown decoder preset 'slim'"): carvana_unet(img_size=ODD, decoder='slim')
-    with pytest.raises(ValueError, match='did you mean last_cross'): carvana_unet(img_size=ODD, last_crosss=True)
+    with pytest.raises(ValueError, match="did you mean 'last_cross'"): carvana_unet(img_size=ODD, last_crosss=True)
     with pytest.raises(ValueError, match="fusion 'sum'"): carvana_unet(img_size=ODD, fusion='sum')
     with pytest.raises(ValueError, match='last_cross'): carvana_unet(img_size=ODD, last_cross=True)   # lean is bilinear
     with pytest.raises(ValueError, match='norm_type'): carvana_unet(img_size=ODD, norm_type='Group')
     with pytest.raises(ValueError, match='Unknown body'): carvana_unet('resnet43', img_size=ODD)
+
+def test_named_parts_and_splitter_order():
+    "encoder, decoder and head hold every parameter; the splitter's groups keep the order of `parameters()` (optimizer state)."
+    m = carvana_unet('resnet18', img_size=ODD, decoder='classic')
+    parts = [m.encoder, m.decoder, m.head]
+    assert sum(n_params(p) for p in parts) == n_params(m)
+    assert [id(p) for g in carvana_splitter(m) for p in g] == [id(p) for p in m.parameters()]
+    assert list(m.decoder._modules)[:4] == ['bn', 'relu', 'middle', 'block0'] and 'conv' in m.head._modules
+    assert not hasattr(m, 'layers')
+
+def test_blocks_are_plain_modules():
+    from fastai.vision.models.unet import UnetBlock
+    from carvana_fastai.unet import ConcatBlock, AddBlock
+    class Stored: stored = torch.randn(2, 16, 9, 13)
+    for B in (ConcatBlock, AddBlock):
+        b = B(32, 16, Stored(), nf=8)
+        assert isinstance(b, torch.nn.Module) and not isinstance(b, UnetBlock)
+        assert b(torch.randn(2, 32, 5, 7)).shape == (2, 8, 9, 13)
+    ub, cb = UnetBlock(32, 16, Stored()).eval(), ConcatBlock(32, 16, Stored()).eval()
+    cb.load_state_dict(ub.state_dict())                         # UnetBlock's names and output
+    x = torch.randn(2, 32, 5, 7)
+    with torch.no_grad(): torch.testing.assert_close(cb(x), ub(x))
+
+def tiny_encoder():
+    "Stride 2 at once (as ResNet), then two pooled double convs: a decoder of 2 blocks ending at stride 2."
+    from carvana_fastai.bodies import double_conv
+    nn = torch.nn
+    return nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1, bias=False), nn.BatchNorm2d(4), nn.ReLU()),
+                         nn.Sequential(nn.MaxPool2d(2), double_conv(4, 8)), nn.Sequential(nn.MaxPool2d(2), double_conv(8, 8)))
+
+@pytest.mark.parametrize('kind', ['concat-classic', 'add-lean'])
+def test_loads_state_dict_of_single_list_model(kind):
+    "tests/data/unet_layers_v1.pth: state dicts (keys `layers.<i>...`) and outputs saved by the version before named parts."
+    from carvana_fastai.unet import _act, _norm
+    ref = torch.load(Path(__file__).parent/'data'/'unet_layers_v1.pth')
+    fusion, dec = kind.split('-')
+    cfg = dict(DECODERS[dec]); cfg['act_cls'], cfg['norm_type'] = _act(cfg['act_cls']), _norm(cfg['norm_type'])
+    if dec == 'lean': cfg['decoder_widths'] = (16, 12, 8, 8, 8)
+    m = CarvanaUnet(tiny_encoder(), 1, (21, 29), fusion=fusion, **cfg).eval()
+    sd = ref[kind]['sd']
+    assert all(k.startswith('layers.') for k in sd)
+    m.load_state_dict(sd)                                       # strict: every key found its new name
+    with torch.no_grad(): torch.testing.assert_close(m(ref['x']).as_subclass(torch.Tensor), ref[kind]['y'])
+    assert all(not k.startswith('layers.') for k in m.state_dict())
 
 def test_splitter_stand_in_body():
     "Any `nn.Sequential` of stages works, not only registered bodies (a torchvision ResNet cut by hand)."
@@ -92,7 +137,7 @@ def test_splitter_stand_in_body():
 @pytest.fixture(scope='module')
 def dls(tiny_carvana):
     from carvana_fastai.data import carvana_dls
-    return carvana_dls(tiny_carvana, (64, 96), bs=4, num_workers=0, device='cpu', stats=body_stats('efficientnet_lite0'))
+    return carvana_dls(tiny_carvana, (64, 96), bs=4, workers=0, device='cpu', stats=body_stats('efficientnet_lite0'))
 
 def test_learner_freeze_and_options(dls):
     learn = carvana_learner(dls, body='efficientnet_lite0', pretrained=True, wd=0.05, self_attention=True)
@@ -100,7 +145,7 @@ def test_learner_freeze_and_options(dls):
     learn.create_opt()
     assert len(learn.opt.param_groups) == 2
     body = {id(p) for p in learn.model.encoder.parameters()}
-    assert all(p.requires_grad for p in learn.model.layers[1:].parameters())   # decoder trainable
+    assert all(p.requires_grad for p in [*learn.model.decoder.parameters(), *learn.model.head.parameters()])   # decoder trainable
     frozen = [p for p in learn.model.parameters() if not p.requires_grad]
     assert frozen and all(id(p) in body for p in frozen)
     learn.unfreeze()
@@ -109,7 +154,7 @@ def test_learner_freeze_and_options(dls):
 
 def test_learner_warns_on_wrong_stats(tiny_carvana):
     from carvana_fastai.data import carvana_dls
-    imagenet = carvana_dls(tiny_carvana, (64, 96), bs=4, num_workers=0, device='cpu')   # imagenet stats, lite0 wants [-1,1]
+    imagenet = carvana_dls(tiny_carvana, (64, 96), bs=4, workers=0, device='cpu')   # imagenet stats, lite0 wants [-1,1]
     with pytest.warns(UserWarning, match=r"body_stats\('efficientnet_lite0'\)"):
         carvana_learner(imagenet, body='efficientnet_lite0', pretrained=True)
 
