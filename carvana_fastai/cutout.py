@@ -306,7 +306,7 @@ def cutout_folder(ens, images, out, background=None, alpha='soft', mask_only=Fal
     for f, why in failed.items(): say_(f"{f}: {why}")
     workers = default_workers(ens.device) if workers is None else workers
     dl = DataLoader(PhotoFiles([f for f, _ in todo], max_pixels), batch_size=bs, num_workers=workers, collate_fn=collate_images)
-    pb = Progress(len(todo), 'cutouts', bar=progress) if progress is not False and todo else None
+    pb = Progress(len(todo), 'cutout', bar=progress) if progress is not False and todo else None
     written, t1 = 0, time.time()
 
     def fail(i, why):

@@ -37,7 +37,7 @@ def _labelled_batches(items, bs, device):
             y = torch.stack([torch.from_numpy(load_mask(items.iloc[j])) for j in idxs])
             yield x.to(device), y.to(device)
 
-def _progress(items, progress): return Progress(len(items), 'validation images') if progress and len(items) else None
+def _progress(items, progress): return Progress(len(items), 'evaluate') if progress and len(items) else None
 
 # %% ../nbs/13_evaluate.ipynb #95f4da14
 def _has_tta(m): return not (len(m.tta.tfms) == 1 and m.tta.tfms[0].name == 'identity')

@@ -162,7 +162,7 @@ def predict_folder(ens, images, out_csv, sample_submission=None, bs=4, workers=N
     dl = DataLoader(ImageFiles([images/n for n in todo]), batch_size=bs, num_workers=nw, collate_fn=collate_images,
                     pin_memory=cuda, prefetch_factor=2 if nw else None)
     summary = dict(out=None, images=len(names), kept=len(done), predicted=0, corrupt={}, odd_sizes={}, shard=shard)
-    pb = Progress(len(todo), 'images') if progress and todo else None
+    pb = Progress(len(todo), 'predict') if progress and todo else None
     pending, t_start = deque(), time.time()
     ens.eval()
 

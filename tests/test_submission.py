@@ -144,7 +144,7 @@ def test_progress_lines_in_a_log_and_old_keywords(test_dir, tmp_path):
         warnings.simplefilter('always')
         s = predict_folder(tiny_ensemble(), folder=test_dir, out_csv=tmp_path/'sub.csv', bs=5, num_workers=0, thresh=0.5)
     lines = buf.getvalue().splitlines()
-    assert [l.split(' (')[0] for l in lines[:2]] == ['images: 5/10', 'images: 10/10'] and 'ETA' in lines[0], lines
+    assert [l.split(' (')[0] for l in lines[:2]] == ['predict: 5/10', 'predict: 10/10'] and 'ETA' in lines[0], lines
     assert lines[-1].startswith(str(s['out'])) and '10 rows' in lines[-1]
     assert sorted(str(o.message).split("'")[1] for o in w if issubclass(o.category, DeprecationWarning)) == ['folder', 'num_workers', 'thresh']
 
