@@ -3,7 +3,7 @@ colour clean-up -> RGBA PNG written atomically) with `carvana_fastai.cutout.cuto
 (1918x1280) synthetic JPEGs, against the model-forward floor: the same ensemble on the same photos already in memory at
 the member's input size, TTA included. Target (issue 13): end-to-end photos/s >= 85% of the floor for a single
 efficientnet_lite0 member at 448x672. Also the cost per megapixel of the soft alpha, of the edge clean-up
-(`estimate_foreground`), of composing and of PNG encoding.
+(`estimate_foreground`), of composing and of PNG encoding (cutout's own `_png`, and PIL's for comparison).
 
     python bench/cutout.py                        # CPU: 8 photos, lite0 @ 448x672, hflip TTA
     python bench/cutout.py --device cuda --n 64 --bs 8
@@ -35,13 +35,15 @@ def e2e_fn(ens, folder, out, bs, **kw):
 def stage_fns(ens, batch):
     "Per-photo stages on one in-memory photo: the ensemble's map, alpha, clean-up, compose, PNG encode."
     import io, torch
-    from carvana_fastai.cutout import ensemble_probs, alpha_from_probs, estimate_foreground, composite
+    import numpy as np
+    from carvana_fastai.cutout import ensemble_probs, alpha_from_probs, estimate_foreground, composite, _png
     x = batch[:1]
     with torch.inference_mode(): out = ensemble_probs(ens, x)
     a = alpha_from_probs(out).cpu()[0]
     img = x[0].cpu()
     rgba = composite(img, a)
-    def png():
+    arr = np.asarray(rgba)
+    def pil_png():
         buf = io.BytesIO(); rgba.save(buf, format='PNG', compress_level=1)
     def probs():
         with torch.inference_mode(): ensemble_probs(ens, x)
@@ -49,7 +51,9 @@ def stage_fns(ens, batch):
             'hard alpha (threshold)': lambda: alpha_from_probs(out, alpha='hard'),
             'edge clean-up (estimate_foreground)': lambda: estimate_foreground(img, a),
             'compose RGBA without clean-up': lambda: composite(img, a, decontaminate=False),
-            'compose RGBA with clean-up': lambda: composite(img, a), 'PNG encode (RGBA, level 1)': png}
+            'compose RGBA with clean-up': lambda: composite(img, a),
+            "PNG encode (RGBA, cutout's `_png`: Up filter, deflate level 1)": lambda: _png(arr),
+            'PNG encode (RGBA, PIL compress_level=1, for comparison)': pil_png}
 
 def main(argv=None):
     p = base_parser(__doc__.split('\n\n')[0], repeats=3, warmup=1, device=True)

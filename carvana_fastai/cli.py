@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_cli.ipynb #656253b5
 from __future__ import annotations
-import argparse, re, sys, time, warnings
+import argparse, json, re, sys, time, warnings
 from pathlib import Path
 from . import __version__
 from .core import UsageError, check_choice, check_writable, parse_size, rank, say, world, fmt_secs
@@ -14,7 +14,7 @@ from .workflow import (check_data, check_tta, cutout_step, ensemble_step, evalua
 
 # %% auto #0
 __all__ = ['build_parser', 'cmd_all', 'cmd_synth', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_merge', 'cmd_validate',
-           'cmd_cutout', 'main']
+           'cmd_cutout', 'cmd_serve', 'cmd_export', 'main']
 
 # %% ../nbs/16_cli.ipynb #f9f2a2fa
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -88,7 +88,8 @@ def _groups(d) -> dict:
                    (['--tta'], dict(default=e['tta'] or 'none', help="TTA: none, hflip, vflip, flips, scales, hflip_scales (or several joined by +)")),
                    (['--weights'], dict(nargs='+', type=float, metavar='W', help="one weight per model (default: equal)")),
                    (['--merge'], dict(default=e['merge'], choices=['mean', 'vote'], help="combine members by the weighted mean of probabilities or a weighted vote of masks")),
-                   (['--bs'], dict(type=int, default=p['bs'], help="photos per batch"))))
+                   (['--bs'], dict(type=int, default=p['bs'], help="photos per batch")),
+                   (['--engine'], dict(default='torch', choices=['torch', 'onnx'], help="run the ensemble with PyTorch (checkpoints) or onnxruntime (one .onnx file made by `export`)"))))
 
 # %% ../nbs/16_cli.ipynb #d431bc46
 _F = dict(formatter_class=_Help)
@@ -176,6 +177,36 @@ def _add_cutout(sub, g, d):
     t.add_argument('--max-pixels', type=int, help="refuse photos with more pixels than this (default: the cutout module's limit)")
     t.add_argument('--workers', type=int, help="decoding workers (default: 0 on CPU, several on GPU)")
 
+# %% ../nbs/16_cli.ipynb #c72cb363
+def _positive(s):
+    if not s.isdigit() or int(s) < 1: raise argparse.ArgumentTypeError(f"must be a positive integer, not {s!r}")
+    return int(s)
+
+def _port_arg(s):
+    if not s.isdigit() or not 0 < int(s) < 65536: raise argparse.ArgumentTypeError(f"port must be a number in 1-65535, not {s!r}")
+    return int(s)
+
+def _add_export(sub, g, d):
+    t = sub.add_parser('export', parents=[g['ens']], help="the ensemble as one ONNX graph (TTA and combining inside), checked against PyTorch",
+                       description="Export the checkpoints' ensemble (members at their sizes, TTA undone, combined, probabilities "
+                       "at the photo's size) as one ONNX graph on uint8 photos with dynamic batch, height and width, and a JSON "
+                       "beside it; onnxruntime's output is checked against PyTorch's on synthetic photos.", **_F)
+    t.add_argument('--out', required=True, help="the .onnx file to write (its .json beside it)")
+    t.add_argument('--threshold', type=_fraction_arg, default=0.5, help="the mask threshold stored with the graph")
+    t.add_argument('--opset', type=int, default=18, help="ONNX opset (18 or later: antialiased resizes)")
+    t.add_argument('--no-check', action='store_true', help="skip the onnxruntime vs PyTorch check")
+
+def _add_serve(sub, g, d):
+    t = sub.add_parser('serve', parents=[g['ens'], g['dev']], help="a web page and an HTTP API that cut out photos (pip install carvana_fastai[serve])",
+                       description="Load the ensemble once and serve a page at / (drop photos, see their cut-outs) and an API: "
+                       "POST /cutout, POST /mask, GET /health, documented at /docs. Ctrl-C or SIGTERM stops it.", **_F)
+    t.add_argument('--host', default='127.0.0.1', help="the interface to listen on (0.0.0.0: every interface, anyone who can reach this machine)")
+    t.add_argument('--port', type=_port_arg, default=7860, help="the TCP port")
+    t.add_argument('--threshold', type=lambda s: _unit(s, 'threshold'), help="default mask threshold of the hard alpha and the masks (default: 0.5)")
+    t.add_argument('--max-pixels', type=int, help="refuse photos with more pixels than this (default: the cutout module's limit)")
+    t.add_argument('--max-bytes', type=_positive, default=30_000_000, help="refuse requests with a larger body")
+    t.add_argument('--workers', type=_positive, default=4, help="requests decoded and encoded at once (the model runs one at a time)")
+
 # %% ../nbs/16_cli.ipynb #e5b49e5a
 def build_parser() -> argparse.ArgumentParser:
     "The parser of `python -m carvana_fastai.run` and its sub-commands."
@@ -185,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--version', action='version', version=f'carvana_fastai {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
     g = _groups(d)
-    for add in (_add_all, _add_synth, _add_train, _add_evaluate, _add_predict, _add_merge, _add_validate, _add_cutout): add(sub, g, d)
+    for add in (_add_all, _add_synth, _add_train, _add_evaluate, _add_predict, _add_merge, _add_validate, _add_cutout, _add_serve, _add_export): add(sub, g, d)
     return parser
 
 # %% ../nbs/16_cli.ipynb #867877aa
@@ -241,9 +272,24 @@ def _check_ckpts(ckpts):
     for c in ckpts:
         if not Path(c).is_file(): raise UsageError(f"checkpoint {c} does not exist" + (" (a model folder? pass its model.pth)" if Path(c).is_dir() else ''))
 
+def _onnx_ensemble(args):
+    "The `OnnxEnsemble` of `--engine onnx`: one .onnx file from `export`."
+    if len(args.models) != 1 or not str(args.models[0]).endswith('.onnx'):
+        raise UsageError(f"--engine onnx takes one .onnx file made by `export` as --models, not {' '.join(map(str, args.models))}")
+    try: from carvana_fastai.export import OnnxEnsemble
+    except ImportError as e: raise UsageError(f"--engine onnx needs onnxruntime (pip install carvana_fastai[onnx]): {e}") from None
+    t = getattr(args, 'threshold', None)
+    try: return OnnxEnsemble(args.models[0], threshold=None if t in (None, 'best') else t)
+    except (ImportError, ValueError) as e: raise UsageError(' '.join(str(e).split())) from None
+
 def _ens_from_args(args, device):
+    "The ensemble of the command's `--models` with `--engine`."
+    if getattr(args, 'engine', 'torch') == 'onnx': return _onnx_ensemble(args)
     try: return ensemble_step(args.models, args.tta, args.weights, args.merge, getattr(args, 'threshold', None) or 0.5, device)
     except ValueError as e: raise UsageError(' '.join(str(e).split())) from None
+
+def _torch_only(args, what):
+    if getattr(args, 'engine', 'torch') != 'torch': raise UsageError(f"{what} runs on --engine torch only for now (it needs each member's own maps)")
 
 def _layout_args(args) -> dict:
     return {k: getattr(args, a) for a, k in _LAYOUT_ARGS.items() if getattr(args, a, None) is not None}
@@ -251,6 +297,7 @@ def _layout_args(args) -> dict:
 # %% ../nbs/16_cli.ipynb #5e60acd7
 def cmd_evaluate(args):
     "`evaluate`: the paper's table for the given checkpoints."
+    _torch_only(args, 'evaluate')
     _check_ckpts(args.models)
     lay = _layout_args(args)
     data = check_data(args.data, 'train', **{k: v for k, v in lay.items() if k in ('layout', 'images', 'masks')})
@@ -296,7 +343,7 @@ def cmd_validate(args):
     return 0 if validate_step(args.csv, data, limit=args.limit)['ok'] else 1
 
 # %% ../nbs/16_cli.ipynb #0ccb6f63
-_CKPT_EXTS = ('.pth', '.pt', '.ckpt', '.safetensors')
+_CKPT_EXTS = ('.pth', '.pt', '.ckpt', '.safetensors', '.onnx')
 
 def _split_models(models, inputs):
     "(checkpoints, inputs): with no INPUT after the options, the values after the last checkpoint file in `models`."
@@ -308,6 +355,7 @@ def cmd_cutout(args):
     "`cutout`: the photos without their background."
     args.models, inputs = _split_models(args.models, args.inputs)
     if not inputs: raise UsageError("cutout needs photos: INPUT... (files, folders, globs, or - for paths on stdin)")
+    _torch_only(args, 'cutout')
     _check_ckpts(args.models)
     images = image_inputs(inputs)
     check_writable(args.out)
@@ -318,13 +366,41 @@ def cmd_cutout(args):
                     max_pixels=args.max_pixels)
     return 1 if s['failed'] else 0
 
+# %% ../nbs/16_cli.ipynb #322653a4
+def cmd_serve(args):
+    "`serve`: the page and the API until Ctrl-C or SIGTERM."
+    _torch_only(args, 'serve')
+    _check_ckpts(args.models)
+    try: from carvana_fastai.serve import serve, check_port
+    except ImportError as e: raise UsageError(str(e)) from None
+    check_port(args.host, args.port)
+    device = pick_device(args.device)
+    ens = _ens_from_args(args, device)
+    serve(ens, args.host, args.port, models=args.models, max_pixels=args.max_pixels, max_bytes=args.max_bytes, workers=args.workers)
+
+# %% ../nbs/16_cli.ipynb #25e8aa96
+def cmd_export(args):
+    "`export`: the ensemble as an ONNX graph with its JSON."
+    _torch_only(args, 'export')
+    _check_ckpts(args.models)
+    if not str(args.out).endswith('.onnx'): raise UsageError(f"--out {args.out}: the export's name must end with .onnx")
+    check_writable(Path(args.out).parent)
+    try: from carvana_fastai.export import export_onnx
+    except ImportError as e: raise UsageError(f"export needs onnx and onnxruntime (pip install carvana_fastai[onnx]): {e}") from None
+    ens = _ens_from_args(args, 'cpu')
+    try: out = export_onnx(ens, args.out, opset=args.opset, check=not args.no_check)
+    except ImportError as e: raise UsageError(f"export needs onnx, onnxscript and onnxruntime (pip install carvana_fastai[onnx]): {e}") from None
+    check = json.loads(out.with_suffix('.json').read_text()).get('check')
+    say(f"export: {out} ({out.stat().st_size/2**20:.1f} MiB)" + (f"; onnxruntime vs PyTorch: {check}" if check else ''))
+
 # %% ../nbs/16_cli.ipynb #e0cbfb28
 def _one_line(e): return ' '.join(str(e).split())
 
 def _run(args, prog) -> int:
     import os
     cmds = {'all': cmd_all, 'synth': cmd_synth, 'train': cmd_train, 'evaluate': cmd_evaluate, 'predict': cmd_predict,
-            'merge-shards': cmd_merge, 'validate-submission': cmd_validate, 'cutout': cmd_cutout}
+            'merge-shards': cmd_merge, 'validate-submission': cmd_validate, 'cutout': cmd_cutout,
+            'serve': cmd_serve, 'export': cmd_export}
     try: return cmds[args.command](args) or 0
     except UsageError as e:
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr, flush=True)

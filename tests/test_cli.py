@@ -1,11 +1,12 @@
 "The command line, run as a user runs it: `python -m carvana_fastai.run ...` in a subprocess, on tiny synthetic data."
+from carvana_fastai.core import image_shape
 import csv, gzip, importlib.util, json, os, shutil, subprocess, sys, time
 from pathlib import Path
 import pytest, yaml
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', MPLBACKEND='Agg', PYTHONWARNINGS='ignore', COLUMNS='200')
 ENV.pop('CARVANA_DEBUG', None)
-COMMANDS = ['all', 'synth', 'train', 'evaluate', 'predict', 'merge-shards', 'validate-submission', 'cutout']
+COMMANDS = ['all', 'synth', 'train', 'evaluate', 'predict', 'merge-shards', 'validate-submission', 'cutout', 'serve', 'export']
 
 def cli(*args, timeout=600):
     "Run the CLI with `args`; return the CompletedProcess (text stdout/stderr)."
@@ -146,6 +147,21 @@ def test_steps_end_to_end(tmp_path, cli_data):
     assert sum(len(read_rows(p)) - 1 for p in parts) == len(rows) - 1
     ok(cli('merge-shards', *parts, '--out', tmp_path/'merged.csv', '--data', cli_data))
     assert (tmp_path/'merged.csv').read_text() == sub.read_text()
+
+    # the same ensemble exported to ONNX (TTA inside the graph) predicts the same submission with onnxruntime
+    pytest.importorskip('onnxruntime', reason='the [onnx] extra is not installed')
+    r = ok(cli('export', '--models', *ckpts, '--tta', 'hflip', '--out', tmp_path/'ens.onnx'))
+    assert (tmp_path/'ens.onnx').is_file() and (tmp_path/'ens.json').is_file() and 'export:' in r.stdout
+    one_line_error(cli('predict', '--engine', 'onnx', '--data', cli_data, '--models', *ckpts, '--out', tmp_path/'x.csv'), 'takes one .onnx file')
+    one_line_error(cli('evaluate', '--engine', 'onnx', '--data', cli_data, '--models', tmp_path/'ens.onnx'), 'evaluate runs on --engine torch only')
+    r = ok(cli('predict', '--engine', 'onnx', '--data', cli_data, '--models', tmp_path/'ens.onnx', '--out', tmp_path/'onnx.csv'))
+    assert 'OK' in r.stdout
+    torch_rows, onnx_rows = read_rows(sub)[1:], read_rows(tmp_path/'onnx.csv')[1:]
+    assert [r[0] for r in onnx_rows] == [r[0] for r in torch_rows]
+    from carvana_fastai.rle import rle_decode, dice
+    shape = image_shape(cli_data/'test'/torch_rows[0][0])
+    dices = [dice(rle_decode(a[1], shape), rle_decode(b[1], shape)) for a, b in zip(torch_rows, onnx_rows)]
+    assert min(dices) > 0.98, dices            # ONNX resizes in float, the CPU ensemble in uint8: masks differ at a few edge pixels
 
     broken = tmp_path/'broken.csv'
     broken.write_text('\n'.join(l for l in sub.read_text().splitlines()[:-1]) + '\n')      # one image missing

@@ -232,6 +232,76 @@ def test_folder_formats_backgrounds_masks(ens, photos, tmp_path):
     with pytest.raises(UsageError, match="unknown format 'gif'"): cutout_folder(ens, photos, tmp_path/'j', format='gif')
     with pytest.raises(UsageError, match='is not a colour'): cutout_folder(ens, photos, tmp_path/'j', background='nope')
 
+# --- the edge clean-up on tiles against the whole-box version it replaced -----------------------------------------------
+
+def _reference_foreground(img, alpha, radii=None):
+    "The previous `estimate_foreground`: large-radius means over the whole photo, the small-radius pass over the band's box."
+    from carvana_fastai.cutout import smooth, _radii
+    def fuse(I, a, mf, mb, fg, bg, r):
+        if mf is None:
+            ba = smooth(a, r)
+            mf, mb = smooth(fg*a, r) / (ba + 1e-5), smooth(bg*(1 - a), r) / (1 - ba + 1e-5)
+        return (mf + a*(I - a*mf - (1 - a)*mb)).clamp_(0, 1), mb
+    I, a = img.float()/255, alpha.float()/255
+    frac = (alpha[0] > 0) & (alpha[0] < 255)
+    if not frac.any(): return I
+    r1, r2 = radii or _radii(I.shape[-2:])
+    Ia, ba = I*a, smooth(a, r1)
+    mf, mb = smooth(Ia, r1) / (ba + 1e-5), smooth(I - Ia, r1) / (1 - ba + 1e-5)
+    rows, cols = frac.any(1).nonzero()[:, 0], frac.any(0).nonzero()[:, 0]
+    H, W = frac.shape
+    box = (slice(None), slice(max(0, int(rows[0]) - r2), min(H, int(rows[-1]) + r2 + 1)),
+           slice(max(0, int(cols[0]) - r2), min(W, int(cols[-1]) + r2 + 1)))
+    Ic, ac = I[box], a[box]
+    fg, bg = fuse(Ic, ac, mf[box], mb[box], None, None, r1)
+    out = I.clone()
+    out[box] = fuse(Ic, ac, None, None, fg, bg, r2)[0]
+    return torch.where(frac, out, I)
+
+def _blob(H, W, seed=0):
+    "A soft random blob (uint8 alpha (1,H,W)) and a random uint8 photo (3,H,W)."
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing='ij')
+    noise = F.interpolate(torch.rand(1, 1, 7, 9, generator=g), (H, W), mode='bilinear')[0, 0]
+    blob = (yy - H*.5)**2/(H*.3)**2 + (xx - W*.45)**2/(W*.35)**2
+    a8 = ((1.1 - blob - .3*noise)*4).clamp(0, 1).mul(255).round().to(torch.uint8)[None]
+    return torch.randint(0, 256, (3, H, W), generator=g, dtype=torch.uint8), a8
+
+@pytest.mark.parametrize('shape', [(97, 131), (150, 61), (333, 517), (41, 1283)])
+@pytest.mark.parametrize('radii', [None, (20, 3), (24, 5), (9, 2)])
+def test_tiled_clean_up_matches_reference_on_blob(shape, radii):
+    img, a8 = _blob(*shape)
+    assert ((a8 > 0) & (a8 < 255)).sum() > 100
+    assert (estimate_foreground(img, a8, radii) - _reference_foreground(img, a8, radii)).abs().max() < 1e-3
+
+@pytest.mark.parametrize('shape', [(41, 203), (40, 200), (257, 129)])
+def test_tiled_clean_up_matches_reference_on_edge(shape):
+    "The synthetic silver-car edge (a vertical soft ramp that touches the top and bottom borders), odd sizes."
+    H, W = shape; c = W//2
+    ramp = torch.zeros(1, H, W); ramp[..., c:] = 1; ramp[..., c - 3:c + 3] = torch.linspace(0, 1, 8)[1:-1]
+    a8 = (ramp*255).round().to(torch.uint8)
+    I8 = ((a8/255*0.6 + (1 - a8/255))*255).round().to(torch.uint8).expand(3, H, W).contiguous()
+    assert (estimate_foreground(I8, a8) - _reference_foreground(I8, a8)).abs().max() < 1e-3
+
+def test_composite_matches_reference():
+    "RGBA and RGB composites equal those of the reference clean-up (at most 1 level off where rounding flips)."
+    img, a8 = _blob(97, 131, seed=1)
+    fg = _reference_foreground(img, a8)
+    want = torch.cat([fg.mul(255).round().clamp(0, 255).to(torch.uint8), a8]).permute(1, 2, 0).numpy()
+    got = np.asarray(composite(img, a8))
+    assert np.abs(got.astype(int) - want).max() <= 1 and np.array_equal(got[..., 3], a8[0].numpy())
+    a = a8.float()/255
+    want = (fg*a + torch.tensor([.2, .4, .6]).view(3, 1, 1)*(1 - a)).mul(255).round().clamp(0, 255).permute(1, 2, 0).numpy()
+    assert np.abs(np.asarray(composite(img, a8, (51, 102, 153))).astype(int) - want).max() <= 1
+    no_band = torch.full_like(a8, 255)
+    assert np.array_equal(np.asarray(composite(img, no_band))[..., :3], img.permute(1, 2, 0).numpy())
+
+@pytest.mark.parametrize('mode,shape', [('L', (37, 23)), ('RGB', (5, 7, 3)), ('RGBA', (19, 11, 4)), ('RGBA', (1, 1, 4))])
+def test_png_writer_round_trips(tmp_path, mode, shape):
+    arr = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    cutout_mod._save(Image.fromarray(arr, mode), tmp_path/'x.png', 'png')
+    with Image.open(tmp_path/'x.png') as im: assert im.mode == mode and np.array_equal(np.asarray(im), arr)
+
 def test_unwritable_out_folder(ens, photos, tmp_path):
     (tmp_path/'file').write_text('x')
     with pytest.raises(UsageError, match='not writable'): cutout_folder(ens, photos, tmp_path/'file'/'out')
