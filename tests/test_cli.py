@@ -193,6 +193,45 @@ def test_cutout_usage_errors(tmp_path):
     one_line_error(cli('cutout', '--models', tmp_path/'m.pth', '--out', tmp_path/'o', '--background', 'whiet', 'x.jpg'), 'background must be')
     one_line_error(cli('cutout', '--models', tmp_path/'m.pth', '--out', tmp_path/'o', '--alpha', 'medium', 'x.jpg'), "invalid choice: 'medium'")
 
+def test_onnx_engine_cutout_and_config(tmp_path, tiny_carvana):
+    "`cutout --engine onnx` takes an exported graph; an .onnx file on the torch engine and a bad config engine are one-line errors."
+    pytest.importorskip('onnxruntime', reason='the [onnx] extra is not installed'); pytest.importorskip('onnxscript')
+    import sys as _sys; _sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import tiny_ensemble
+    from carvana_fastai.export import export_onnx
+    f = export_onnx(tiny_ensemble('hflip'), tmp_path/'ens.onnx')
+    photos = sorted((tiny_carvana/'test').glob('*.jpg'))[:2]
+    r = ok(cli('cutout', '--engine', 'onnx', '--models', f, *photos, '--out', tmp_path/'cut'))
+    assert '2 written' in r.stdout.splitlines()[-1]
+    from PIL import Image
+    for p in photos:
+        im = Image.open(tmp_path/'cut'/f'{p.stem}.png')
+        assert im.mode == 'RGBA' and im.size == Image.open(p).size
+    one_line_error(cli('cutout', '--models', f, *photos, '--out', tmp_path/'cut2'), 'is an ONNX graph: run it with --engine onnx')
+    one_line_error(cli('all', '--config', write_yaml(tmp_path/'bad.yaml', dict(predict=dict(engine='tensorrt')))),
+                   'predict.engine must be one of torch, onnx')
+
+def test_all_steps_with_onnx_engine(tmp_path, tiny_carvana):
+    "`all` with predict.engine onnx: the evaluated ensemble is exported into the run folder and predicts the submission."
+    pytest.importorskip('onnxruntime', reason='the [onnx] extra is not installed'); pytest.importorskip('onnxscript')
+    import sys as _sys; _sys.path.insert(0, str(Path(__file__).parent))
+    from tiny_models import tiny_ensemble
+    from carvana_fastai.config import load_config
+    from carvana_fastai.workflow import engine_step, _predict_all
+    from carvana_fastai.rle import rle_decode, dice
+    ens = tiny_ensemble('hflip', threshold=0.45)
+    cfg = load_config(**{'predict.engine': 'onnx', 'predict.bs': 4})
+    (tmp_path/'t').mkdir(); (tmp_path/'o').mkdir()
+    sub_t, check_t = _predict_all(cfg, ens, tiny_carvana, tmp_path/'t', False)
+    ox = engine_step(ens, cfg['predict']['engine'], tmp_path/'o')
+    assert type(ox).__name__ == 'OnnxEnsemble' and ox.threshold == 0.45 and (tmp_path/'o'/'ensemble.onnx').is_file()
+    sub_o, check_o = _predict_all(cfg, ox, tiny_carvana, tmp_path/'o', False)
+    assert check_t['ok'] and check_o['ok']
+    rows_t, rows_o = read_rows(sub_t)[1:], read_rows(sub_o)[1:]
+    assert [r[0] for r in rows_t] == [r[0] for r in rows_o]
+    shape = image_shape(tiny_carvana/'test'/rows_t[0][0])
+    assert min(dice(rle_decode(a[1], shape), rle_decode(b[1], shape)) for a, b in zip(rows_t, rows_o)) > 0.98
+
 # --- your own photos: the folders layout -----------------------------------------------------------------------------
 
 def test_folders_layout(tmp_path, cli_data):

@@ -324,3 +324,27 @@ def test_folder_with_workers(ens, photos, tmp_path):
     b = cutout_folder(ens, photos, tmp_path/'b', workers=1, bs=2, progress=False)
     assert a['written'] == b['written'] == 5 and a['failed'].keys() == b['failed'].keys()
     for f in (tmp_path/'a').iterdir(): assert f.read_bytes() == (tmp_path/'b'/f.name).read_bytes()
+
+@pytest.fixture(scope='module')
+def onnx_ens(tmp_path_factory):
+    "The 2-member dark ensemble (hflip TTA) exported to ONNX and run by onnxruntime, with its torch original."
+    pytest.importorskip('onnxruntime'); pytest.importorskip('onnxscript')
+    from carvana_fastai.export import export_onnx, OnnxEnsemble
+    ens = load_ensemble([(dark_model(k), dict(stats=STATS, size=s)) for k, s in ((40., (32, 48)), (30., (40, 60)))],
+                        tta='hflip', device='cpu')
+    return ens, OnnxEnsemble(export_onnx(ens, tmp_path_factory.mktemp('onnx')/'dark.onnx'))
+
+def test_onnx_engine_cutout_matches_torch(onnx_ens, photos, tmp_path):
+    "On a landscape photo at the members' aspect ratio the ONNX cut-out is the torch one but for rounding; folders work too."
+    from carvana_fastai.cutout import per_member
+    ens, ox = onnx_ens
+    assert per_member(ens) and not per_member(ox)
+    up = photo(96, 144)
+    a, b = (np.asarray(cutout(e, up)).astype(float) for e in (ens, ox))
+    assert a.shape == b.shape == (96, 144, 4)
+    assert np.abs(a[..., 3] - b[..., 3]).mean() < 0.1 and np.abs(a - b).max() <= 8
+    h = np.asarray(predict_mask(ox, up, alpha='hard'))
+    assert (h != np.asarray(predict_mask(ens, up, alpha='hard'))).mean() < 0.005
+    r = cutout_folder(ox, photos, tmp_path/'out', progress=False)
+    assert r['written'] == len(GOOD) and sorted(r['failed']) == sorted(str(photos/f) for f in BAD)
+    with pytest.raises(ValueError, match='exported with TTA'): cutout(ox, up, tta=False)

@@ -205,3 +205,23 @@ def test_sigterm_is_a_clean_shutdown(server):
     "The last test: SIGTERM stops the shared server with exit code 0."
     assert server.stop(signal.SIGTERM) == 0
     assert 'serve: stopped' in server.output() and 'Traceback' not in server.output()
+
+# --- the ONNX engine --------------------------------------------------------------------------------------------------
+
+def test_serve_onnx_engine(tmp_path):
+    "`serve --engine onnx` with an exported graph: /health names the engine and members, cut-outs at the photo's size."
+    pytest.importorskip('onnxruntime'); pytest.importorskip('onnxscript')
+    from carvana_fastai.export import export_onnx
+    from carvana_fastai.ensemble import load_ensemble
+    f = export_onnx(load_ensemble([str(tiny_checkpoint(tmp_path/'tiny.pth'))], tta='hflip', device='cpu'), tmp_path/'tiny.onnx')
+    s = Server([f], tmp_path, '--engine', 'onnx').wait()
+    try:
+        with httpx.Client(base_url=s.url, timeout=60) as c:
+            h = c.get('/health').json()
+            assert (h['engine'], h['device'], h['models']) == ('onnx', 'cpu', [str(f)])
+            assert h['members'] == [dict(name=h['members'][0]['name'], size=[32, 48], tta=['identity', 'hflip'])]
+            r = c.post('/cutout', files={'file': ('car.jpg', encoded(photo()), 'image/jpeg')})
+            assert r.status_code == 200 and (image(r).mode, image(r).size) == ('RGBA', (131, 97))
+            r = c.post('/mask?tta=false', content=encoded(photo()))
+            assert r.status_code == 400 and 'exported with TTA' in r.json()['error']
+    finally: s.stop()
