@@ -14,6 +14,7 @@ its last training stage); `paper:2` the first two members of `paper.yaml` (ResNe
     python bench/predict.py --device cuda --extrapolate 2000  # paper:2 ensemble + hflip, extrapolated to 100,064
 """
 import os, sys, math, shutil, tempfile, time
+import numpy as np
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (ROOT, base_parser, setup, amp_modes, sync, machine_info, bench_alternating, paired_ratio, Timing,
@@ -97,10 +98,14 @@ def load_batches(folder, bs, device, limit=None):
     return [torch.stack(imgs[i:i+bs]).contiguous(memory_format=torch.channels_last).to(device) for i in range(0, len(imgs), bs)]
 
 # ------------------------------------------------------------------------------------------------ contenders
-def e2e_fn(ens, folder, out, bs, workers):
-    "One `predict_folder` run over the folder (CSV written afresh each time); returns its summary."
+def e2e_fn(ens, folder, out, bs, workers, band=True):
+    "One `predict_folder` run over the folder (CSV written afresh each time); returns its summary. `band=False`: masks by the full upsample."
     from carvana_fastai.submission import predict_folder
-    return lambda: predict_folder(ens, folder, out, bs=bs, workers=workers, progress=False, resume=False)
+    def f():
+        ens.band = band
+        try: return predict_folder(ens, folder, out, bs=bs, workers=workers, progress=False, resume=False)
+        finally: ens.band = True
+    return f
 
 def _amp_ctx(m):
     import torch
@@ -138,6 +143,28 @@ def stage_fns(ens, batches, wait):
             for m in mb: rle_encode(m)
     return dict(inputs=inputs, full=full, rle=rle)
 
+def carlike_fns(ens, synth, n, bs, wait):
+    """Masks at 1280x1918 of car-like maps (the true masks of `synth`'s train photos, antialiased down to each member's size,
+    as a well-trained member predicts them): the full upsample + threshold vs the band; checks they are equal."""
+    import torch
+    from PIL import Image
+    from carvana_fastai.ensemble import _resize, probs_to_mask
+    files = sorted((Path(synth)/'train_masks').glob('*_mask.gif'))[:n]
+    ys = torch.stack([torch.from_numpy((np.asarray(Image.open(f)) > 0).astype(np.float32)) for f in files])[:, None]
+    size = tuple(ys.shape[-2:])
+    qss = [[_resize(ys[i:i+bs], m.size) for m in ens.members] for i in range(0, len(ys), bs)]
+    with torch.inference_mode():
+        for qs in qss: assert torch.equal(next(ens.combine_masks(qs, size)), probs_to_mask(ens.combine(qs, size), threshold=ens.threshold)[:, 0])
+    def full():
+        with torch.inference_mode():
+            for qs in qss: probs_to_mask(ens.combine(qs, size), threshold=ens.threshold)
+        wait()
+    def band():
+        with torch.inference_mode():
+            for qs in qss: next(ens.combine_masks(qs, size))
+        wait()
+    return dict(carlike_full=full, carlike_band=band), len(ys)
+
 def decode_fn(folder, limit):
     from carvana_fastai.images import ImageFiles, list_images
     ds = ImageFiles([Path(folder)/n for n in list_images(folder)][:limit])
@@ -172,9 +199,12 @@ def run_compare(args, dev, amp, specs, folder, tmp):
     fns = {'e2e': e2e_fn(ens, folder, out, args.bs, nw)}
     alt = 0 if nw else 1                                         # the other choice of workers, for comparison
     if not args.no_serial: fns['alt'] = e2e_fn(ens, folder, tmp/f'sub_alt_{int(amp)}.csv', args.bs, alt)
+    fns['noband'] = e2e_fn(ens, folder, tmp/f'sub_noband_{int(amp)}.csv', args.bs, nw, band=False)
     fl = fns['floor'] = floor_fn(ens, batches, wait)
     res = bench_alternating(fns, repeats=args.repeats, warmup=args.warmup, sync=wait)
     check_output(out, ens, batches, folder)
+    if open(out).read() != open(tmp/f'sub_noband_{int(amp)}.csv').read():
+        raise AssertionError("the band's masks differ from the full upsample's")   # the same CSV, byte for byte
     def row(k, label, target):
         r, ri = paired_ratio(res['floor'], res[k])             # (floor time)/(e2e time) = e2e images/s / floor images/s
         return {'pipeline': label, 'images/s': f"{n/res[k].median:.2f}", 'per image': fmt_time(res[k].median/n),
@@ -183,21 +213,28 @@ def run_compare(args, dev, amp, specs, folder, tmp):
     wk = lambda k: f"{k} worker{'s' if k != 1 else ''}"
     rows = [row('e2e', f"predict_folder end to end ({wk(nw)}{' (its default)' if workers is None else ''}, bs {args.bs})", True)]
     if 'alt' in fns: rows.append(row('alt', f"predict_folder end to end ({wk(alt)}, bs {args.bs})", False))
+    rows.append(row('noband', f"predict_folder end to end ({wk(nw)}, bs {args.bs}), masks by the full upsample (`ens.band = False`)", False))
     rows.append({'pipeline': 'floor: members with TTA on in-memory inputs', 'images/s': f"{n/res['floor'].median:.2f}",
                  'per image': fmt_time(res['floor'].median/n), '% of floor': '100%', 'target': '', 'met': ''})
     # breakdown, per image, alternating the stages
     st = stage_fns(ens, batches, wait)
     st['decode'] = decode_fn(folder, n); st['floor'] = fl
+    cl, n_cl = carlike_fns(ens, Path(folder).parent/'synth', n, args.bs, wait)
+    st.update(cl)
     br = bench_alternating(st, repeats=max(3, args.repeats // 2), warmup=1, sync=wait)
     upsample = br['full'].median - br['inputs'].median - br['floor'].median
     e2e_t = res['e2e'].median
     brk = [('JPEG decode (1 thread)', br['decode'].median), ('resize + normalise to each member size', br['inputs'].median),
            ('models with TTA (the floor)', br['floor'].median),
-           ('combine per member size, upsample each size once to 1280x1918, threshold', upsample), ('RLE encode', br['rle'].median)]
+           ('combine per member size, masks at 1280x1918 (band where exact and narrow, else full upsample)', upsample), ('RLE encode', br['rle'].median)]
     brows = [{'stage (in memory, sequential)': k, 'per image': fmt_time(v/n), 'share of e2e time': f"{100*v/e2e_t:.0f}%"}
              for k, v in brk]
     brows.append({'stage (in memory, sequential)': 'sum of stages / end to end', 'per image': fmt_time(sum(v for _, v in brk)/n),
                   'share of e2e time': f"{100*sum(v for _, v in brk)/e2e_t:.0f}%"})
+    cf, cb = br['carlike_full'].median/n_cl, br['carlike_band'].median/n_cl
+    brows.append({'stage (in memory, sequential)': f"aside: masks of car-like maps (true masks at the members' sizes, {n_cl} photos): "
+                  f"full upsample {fmt_time(cf)} vs band {fmt_time(cb)} ({cf/cb:.1f}x)", 'per image': fmt_time(cb),
+                  'share of e2e time': f"{100*cb*n/e2e_t:.0f}%"})
     mp = 'off' if not amp else f"on ({str(ens.members[0].amp).replace('torch.', '')})"
     return (f"**mixed precision {mp}** ({dev}; {n} images 1918x1280; ensemble: {describe(specs, args.tta)}; "
             f"median of {args.repeats} alternating rounds)\n\n" + md_table(rows) + "\n\nWhere the time goes:\n\n" + md_table(brows))
@@ -246,7 +283,7 @@ def main(argv=None):
         else: sections.append(run_compare(args, dev, amp, specs, folder, tmp))
     body = ("Random-weight U-Nets (speed does not depend on the weights). End to end = `predict_folder` (JPEG decode "
             "and resize in DataLoader workers or in the main process, members with TTA, weighted mean (members of one size summed at that size, "
-            "each size upsampled once to 1280x1918), threshold, RLE in a thread, CSV). Floor = the same members with TTA on the same images already decoded, "
+            "each size upsampled once to 1280x1918, only in the band near the edge where that is exact and the band is narrow: `ensemble.band_masks`), threshold, RLE in a thread, CSV). Floor = the same members with TTA on the same images already decoded, "
             "resized and normalised in memory. '% of floor' = e2e images/s over floor images/s (median of per-round "
             "ratios).\n\n" + '\n\n'.join(sections))
     title = 'Prediction: extrapolation to the test set' if args.extrapolate else 'Prediction end to end vs model floor'

@@ -3,7 +3,7 @@ __version__ = "0.1.0"
 import importlib
 
 _modules = ['core', 'rle', 'config', 'data', 'synth', 'bodies', 'unet', 'losses', 'checkpoint', 'train', 'images', 'ensemble',
-            'submission', 'evaluate', 'report', 'workflow', 'cutout', 'export']
+            'submission', 'evaluate', 'report', 'workflow', 'cutout', 'export', 'refine']
 
 def _exports(m):
     return getattr(importlib.import_module(f'{__name__}.{m}'), '__all__', [])

@@ -90,3 +90,42 @@ def test_checkpoint_round_trip(tmp_path):
     with torch.inference_mode():
         ref = model(((x.float() / 255 - torch.tensor(STATS[0]).view(1, 3, 1, 1)) / torch.tensor(STATS[1]).view(1, 3, 1, 1))).sigmoid()
         torch.testing.assert_close(ens(x), ref, atol=1e-5, rtol=1e-4)
+
+# --- masks: full-resolution work only in the band ---------------------------------------------------------------------
+
+def _smooth(b, h, w, g):
+    "Smooth random maps in [0, 1] (B,1,h,w) with a few sharp regions: like a prediction (a big object, a narrow edge)."
+    from carvana_fastai.ensemble import _resize
+    m = _resize(torch.rand(b, 1, max(2, h//8), max(2, w//8), generator=g), (h, w))
+    return ((m - 0.5)*4 + 0.5).clamp(0, 1)
+
+@pytest.mark.parametrize('size', [(1280, 1918), (97, 143), (131, 257)])
+def test_band_masks_equal_full_upsample(size):
+    "The band-only masks equal the thresholded full bilinear upsample exactly: several member sizes, weights, odd sizes, ties."
+    from carvana_fastai.ensemble import band_masks, band_ok, _resize
+    assert band_ok('cpu')
+    g = torch.Generator().manual_seed(sum(size))
+    shapes = [(160, 240), (128, 192), (96, 144), (97, 143)] if size[0] > 1000 else [(32, 48), (24, 40), (97, 71), (13, 143)]
+    for levels in (None, 8):
+        sums = [_smooth(2, h, w, g)*wt for (h, w), wt in zip(shapes, (0.4, 0.3, 0.2, 0.1))]
+        if levels: sums = [(s*levels).round()/levels for s in sums]          # many pixels exactly on a threshold
+        full = None
+        for s in sums: full = _resize(s, size) if full is None else full.add_(_resize(s, size))
+        ts = [0.3, 0.5, 0.55, float(full[0, 0, size[0]//2, size[1]//2]), float(full[1, 0, size[0]//3, size[1]//4])]
+        for max_band in (1.0, 0.15):
+            for m, t in zip(band_masks(sums, size, ts, max_band=max_band), ts):
+                assert torch.equal(m, probs_to_mask(full, threshold=t)[:, 0]), (levels, max_band, t)
+
+def test_ensemble_masks_use_the_band():
+    "`Ensemble.masks` (the band where exact) equals the masks of the full combined map, mean merge, weights, three sizes."
+    members = [(tiny_model(i), dict(stats=STATS, size=s)) for i, s in enumerate([(32, 48), (40, 48), (24, 40)])]
+    ens = load_ensemble(members, weights=[3, 2, 1], device='cpu')
+    x = torch.randint(0, 256, (2, 3, 97, 143), dtype=torch.uint8)
+    assert ens.uses_band((97, 143)) and not load_ensemble(members, merge='vote', device='cpu').uses_band((97, 143))
+    with torch.inference_mode():
+        p = ens(x)
+        for t in (0.3, 0.5, float(p[0, 0, 50, 70])):
+            assert torch.equal(ens.masks(x, threshold=t), probs_to_mask(p, threshold=t)[:, 0])
+        qs = [m.prob(x) for m in ens.members]
+        for m, t in zip(ens.combine_masks(qs, (97, 143), [0.4, 0.6]), (0.4, 0.6)):
+            assert torch.equal(m, probs_to_mask(ens.combine(qs, (97, 143)), threshold=t)[:, 0])
