@@ -264,11 +264,13 @@ def _dist_ready() -> bool:
         return dist.is_available() and dist.is_initialized()
     except ImportError: return False
 
+def _barrier():
+    import torch.distributed as dist
+    dist.barrier()
+
 def wait_for_ranks(out, n, token, wait=7*24*3600, poll=0.5) -> list:
     "The `.done` stamps of the `n` ranks of this run (`token`) for `out`, waiting (barrier or polling) until every rank wrote its own."
-    if _dist_ready():
-        import torch.distributed as dist
-        dist.barrier()
+    if _dist_ready(): _barrier()
     t0, stamps = time.time(), [None]*n
     while True:
         for r in range(n):
@@ -297,7 +299,7 @@ def predict_ranks(ens, images, out_csv, sample_submission=None, wait=7*24*3600, 
                                                                      kept=s['kept'], corrupt=s['corrupt'], odd_sizes=len(s['odd_sizes']),
                                                                      seconds=s['seconds']))))
     if r != 0:
-        if _dist_ready(): wait_for_ranks(out, n, token, wait)       # the barrier rank 0 waits at
+        if _dist_ready(): _barrier()                                # the barrier rank 0 waits at; only rank 0 reads the stamps
         return dict(s, out=None, part=str(part), rank=r, world=n)
     stamps = wait_for_ranks(out, n, token, wait)
     parts = [_rank_path(out, k, n) for k in range(n)]
