@@ -127,3 +127,67 @@ def test_inplace_equals_copy():
     q = p.clone(); out = refine(img, q, m, tile=8, inplace=True)
     assert torch.equal(out, r) and torch.equal(q, r)
     q = p.clone(); assert torch.equal(guided_refine(img, q, 3, tile=8, inplace=True), guided_refine(img, p, 3, tile=8))
+
+# --- a refiner in the ensemble: everything that predicts is refined -------------------------------------------------
+from pathlib import Path
+import numpy as np
+from carvana_fastai.ensemble import load_ensemble
+from carvana_fastai.refine import get_refiner, GuidedRefiner, LearnedRefiner
+from carvana_fastai.rle import rle_decode
+from tiny_models import tiny_model, tiny_ensemble, STATS, test_dir
+
+def _members(): return [(tiny_model(i), dict(stats=STATS, size=(32 + 8*i, 48))) for i in range(2)]
+
+def test_ensemble_refines_with_a_saved_refiner(tmp_path):
+    "A refiner checkpoint loads with the ensemble; the map changes only in the band, masks follow, flips stay exact."
+    save_refiner(_random_refiner(8), tmp_path/'r.pth')
+    ens = load_ensemble(_members(), tta='hflip', device='cpu', refiner=get_refiner('learned', tmp_path/'r.pth'))
+    assert isinstance(ens.refiner, LearnedRefiner) and ens.refiner.info()['checkpoint'] == str(tmp_path/'r.pth')
+    x = torch.randint(0, 256, (2, 3, 67, 101), dtype=torch.uint8)
+    with torch.inference_mode():
+        raw, out = ens(x, refine=False), ens(x)
+        b = band(raw, ens.threshold)
+        assert torch.equal(out[~b], raw[~b]) and not torch.equal(out[b], raw[b])
+        assert torch.equal(ens.masks(x), (out[:, 0] > ens.threshold).to(torch.uint8))
+        torch.testing.assert_close(ens(x.flip(-1)), out.flip(-1), atol=1e-5, rtol=0)   # hflip TTA + flip-averaged refiner
+
+def test_wrong_refiner_files_are_refused(tmp_path):
+    torch.save({'format': 'carvana_fastai.checkpoint', 'version': 1, 'model': {}}, tmp_path/'unet.pth')
+    with pytest.raises(ValueError, match='not a refiner checkpoint.*load_ensemble'): get_refiner('learned', tmp_path/'unet.pth')
+    save_refiner(_random_refiner(9, channels=8), tmp_path/'r.pth')
+    ck = torch.load(tmp_path/'r.pth', weights_only=True); ck['config']['dilations'] = [1, 2]; torch.save(ck, tmp_path/'bad.pth')
+    with pytest.raises(ValueError, match='does not match EdgeRefiner'): get_refiner('learned', tmp_path/'bad.pth')
+    with pytest.raises(ValueError, match='needs the refiner'): get_refiner('learned')
+    with pytest.raises(ValueError, match="unknown refine method 'sharp'"): get_refiner('sharp')
+    with pytest.raises(ValueError, match='mean merge'): tiny_ensemble(merge='vote', refiner=GuidedRefiner())
+
+def test_predict_folder_uses_the_refiner(test_dir, tmp_path):
+    "The submission's masks are the refined masks (a refiner that erases the map gives empty masks)."
+    from carvana_fastai.submission import predict_folder
+    ens = tiny_ensemble('hflip', threshold=0.45)
+    plain = predict_folder(ens, test_dir, tmp_path/'plain.csv', bs=3, workers=0, progress=False)
+    ens.refiner = lambda x, p, t: p.mul_(0)
+    erased = predict_folder(ens, test_dir, tmp_path/'erased.csv', bs=3, workers=0, progress=False)
+    rows = lambda f: [l.split(',', 1)[1] for l in Path(f).read_text().splitlines()[1:]]
+    assert any(rows(plain['out'])) and not any(rows(erased['out']))
+    ens.refiner = GuidedRefiner(radius=2)
+    s = predict_folder(ens, test_dir, tmp_path/'guided.csv', bs=3, workers=0, progress=False)
+    name, rle = Path(s['out']).read_text().splitlines()[1].split(',', 1)
+    from carvana_fastai.images import read_image
+    x = read_image(test_dir/name)[None]
+    with torch.inference_mode(): want = ens.masks(x)[0].numpy()
+    assert np.array_equal(rle_decode(rle, want.shape), want)
+
+def test_cutout_alpha_follows_the_refined_map(tiny_carvana):
+    from carvana_fastai.cutout import cutout, alpha_from_probs, ensemble_probs
+    from carvana_fastai.images import read_image
+    f = sorted((tiny_carvana/'test').glob('*.jpg'))[0]
+    ens = tiny_ensemble('hflip', refiner=GuidedRefiner(radius=2))
+    x = read_image(f)[None]
+    with torch.inference_mode():
+        want = alpha_from_probs(ensemble_probs(ens, x), ens.merge, ens.threshold, 'soft')[0, 0].numpy()
+        plain = ens.refiner; ens.refiner = None
+        unrefined = alpha_from_probs(ensemble_probs(ens, x), ens.merge, ens.threshold, 'soft')[0, 0].numpy()
+        ens.refiner = plain
+    got = np.asarray(cutout(ens, f, mask_only=True))
+    assert np.array_equal(got, want) and not np.array_equal(want, unrefined)
