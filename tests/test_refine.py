@@ -141,7 +141,7 @@ def _members(): return [(tiny_model(i), dict(stats=STATS, size=(32 + 8*i, 48))) 
 def test_ensemble_refines_with_a_saved_refiner(tmp_path):
     "A refiner checkpoint loads with the ensemble; the map changes only in the band, masks follow, flips stay exact."
     save_refiner(_random_refiner(8), tmp_path/'r.pth')
-    ens = load_ensemble(_members(), tta='hflip', device='cpu', refiner=get_refiner('learned', tmp_path/'r.pth'))
+    ens = load_ensemble(_members(), tta='hflip', device='cpu', refiner=get_refiner('learned', tmp_path/'r.pth', flip=True))
     assert isinstance(ens.refiner, LearnedRefiner) and ens.refiner.info()['checkpoint'] == str(tmp_path/'r.pth')
     x = torch.randint(0, 256, (2, 3, 67, 101), dtype=torch.uint8)
     with torch.inference_mode():
