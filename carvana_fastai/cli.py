@@ -8,13 +8,14 @@ import argparse, json, re, sys, time, warnings
 from pathlib import Path
 from . import __version__
 from .core import UsageError, check_choice, check_writable, parse_size, rank, say, world, fmt_secs
-from .config import config_yaml, load_config, packaged_configs, read_config
-from .workflow import (check_data, check_tta, cutout_step, ensemble_step, evaluate_step, image_inputs, load_items,
-                                     pick_device, predict_step, preflight, run_all, run_folder, synth_step, train_models, validate_step)
+from .config import REFINE_METHODS, config_yaml, load_config, packaged_configs, read_config
+from .workflow import (LAYOUT_KEYS, check_data, check_refiner_file, check_tta, cutout_step, ensemble_step, evaluate_step,
+                                     image_inputs, load_items, pick_device, predict_step, preflight, run_all, run_folder, synth_step,
+                                     train_models, train_refiner_step, validate_step)
 
 # %% auto #0
 __all__ = ['build_parser', 'cmd_all', 'cmd_synth', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_merge', 'cmd_validate',
-           'cmd_cutout', 'cmd_serve', 'cmd_export', 'main']
+           'cmd_cutout', 'cmd_serve', 'cmd_export', 'cmd_refine_train', 'main']
 
 # %% ../nbs/16_cli.ipynb #928802ca
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -89,7 +90,9 @@ def _groups(d) -> dict:
                    (['--weights'], dict(nargs='+', type=float, metavar='W', help="one weight per model (default: equal)")),
                    (['--merge'], dict(default=e['merge'], choices=['mean', 'vote'], help="combine members by the weighted mean of probabilities or a weighted vote of masks")),
                    (['--bs'], dict(type=int, default=p['bs'], help="photos per batch")),
-                   (['--engine'], dict(default=p.get('engine', 'torch'), choices=['torch', 'onnx'], help="run the ensemble with PyTorch (checkpoints) or onnxruntime (one .onnx file made by `export`)"))))
+                   (['--engine'], dict(default=p.get('engine', 'torch'), choices=['torch', 'onnx'], help="run the ensemble with PyTorch (checkpoints) or onnxruntime (one .onnx file made by `export`)")),
+                   (['--refine'], dict(choices=REFINE_METHODS, help="refine the ensemble's map at full resolution near the edges: none, guided (a guided filter) or learned (--refiner) (default: learned with --refiner, else none)")),
+                   (['--refiner'], dict(metavar='FILE', help="the learned refiner's checkpoint (made by `refine-train`, or <run>/refiner.pth of a run that trained one)"))))
 
 # %% ../nbs/16_cli.ipynb #449326dc
 _F = dict(formatter_class=_Help)
@@ -196,6 +199,21 @@ def _add_export(sub, g, d):
     t.add_argument('--opset', type=int, default=18, help="ONNX opset (18 or later: antialiased resizes)")
     t.add_argument('--no-check', action='store_true', help="skip the onnxruntime vs PyTorch check")
 
+def _add_refine_train(sub, g, d):
+    r, dd = d['refine'], d['data']
+    t = sub.add_parser('refine-train', parents=[g['cfg'], g['lay']], help="train the learned edge refiner on a dataset's training photos",
+                       description="Train the learned refiner, a small network that fixes an ensemble's map at full resolution near "
+                       "the edges, on crops along the true edges of the training cars' photos (the validation cars are left out), "
+                       "with coarse maps made by degrading their true masks, so any ensemble can use it: --refine learned "
+                       "--refiner FILE, or refine.checkpoint in a config.", **_F)
+    t.add_argument('--data', help="the dataset folder, with masks (default: the config's data.path)")
+    t.add_argument('--out', default='refiner.pth', help="the refiner checkpoint to write")
+    t.add_argument('--steps', type=_positive, help=f"optimiser steps (default: the config's refine.steps, {r['steps']})")
+    t.add_argument('--size', type=_positive, help=f"the side of the training crops in pixels (default: the config's refine.size, {r['size']})")
+    t.add_argument('--photos', type=_positive, help="how many training photos to learn from, spread over the cars (default: the config's refine.photos, all)")
+    t.add_argument('--valid-pct', type=_fraction_arg, help=f"fraction of the cars held out for validation, left out here (default: the config's data.valid_pct, {dd['valid_pct']})")
+    t.add_argument('--seed', type=int, help=f"seed of the car split (default: the config's data.seed, {dd['seed']})")
+
 def _add_serve(sub, g, d):
     t = sub.add_parser('serve', parents=[g['ens'], g['dev']], help="a web page and an HTTP API that cut out photos (pip install carvana_fastai[serve])",
                        description="Load the ensemble once and serve a page at / (drop photos, see their cut-outs) and an API: "
@@ -216,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--version', action='version', version=f'carvana_fastai {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
     g = _groups(d)
-    for add in (_add_all, _add_synth, _add_train, _add_evaluate, _add_predict, _add_merge, _add_validate, _add_cutout, _add_serve, _add_export): add(sub, g, d)
+    for add in (_add_all, _add_synth, _add_train, _add_evaluate, _add_predict, _add_merge, _add_validate, _add_cutout, _add_serve,
+                _add_export, _add_refine_train): add(sub, g, d)
     return parser
 
 # %% ../nbs/16_cli.ipynb #8603b856
@@ -272,22 +291,42 @@ def _check_ckpts(ckpts):
     for c in ckpts:
         if not Path(c).is_file(): raise UsageError(f"checkpoint {c} does not exist" + (" (a model folder? pass its model.pth)" if Path(c).is_dir() else ''))
 
-def _onnx_ensemble(args):
-    "The `OnnxEnsemble` of `--engine onnx`: one .onnx file from `export`."
+def _onnx_ensemble(args, refiner=None):
+    "The `OnnxEnsemble` of `--engine onnx`: one .onnx file from `export` (with `refiner` after it)."
     if len(args.models) != 1 or not str(args.models[0]).endswith('.onnx'):
         raise UsageError(f"--engine onnx takes one .onnx file made by `export` as --models, not {' '.join(map(str, args.models))}")
     try: from carvana_fastai.export import OnnxEnsemble
     except ImportError as e: raise UsageError(f"--engine onnx needs onnxruntime (pip install carvana_fastai[onnx]): {e}") from None
     t = getattr(args, 'threshold', None)
-    try: return OnnxEnsemble(args.models[0], threshold=None if t in (None, 'best') else t)
+    try: return OnnxEnsemble(args.models[0], threshold=None if t in (None, 'best') else t, refiner=refiner)
     except (ImportError, ValueError) as e: raise UsageError(' '.join(str(e).split())) from None
 
+def _refine_method(args) -> str:
+    "The method of `--refine` and `--refiner`, checked (the refiner's file read) before any model is loaded."
+    method = args.refine or ('learned' if args.refiner else 'none')
+    if args.refiner and method != 'learned':
+        raise UsageError(f"--refiner is the learned refiner's checkpoint: use it with --refine learned, not --refine {method}")
+    if method == 'learned' and not args.refiner:
+        raise UsageError("--refine learned needs --refiner FILE, the refiner's checkpoint (`refine-train` makes one)")
+    if method != 'none' and args.merge != 'mean':
+        raise UsageError(f"--refine {method} refines the mean merge's probabilities, not --merge {args.merge}'s vote")
+    check_refiner_file(args.refiner, '--refiner')
+    return method
+
+def _refiner_from_args(args, device):
+    "The refiner of `--refine` and `--refiner` (None for none), on `device` (the CPU for --engine onnx)."
+    method = _refine_method(args)
+    if method == 'none': return None
+    from carvana_fastai.refine import get_refiner
+    return get_refiner(method, args.refiner, 'cpu' if getattr(args, 'engine', 'torch') == 'onnx' else device)
+
 def _ens_from_args(args, device):
-    "The ensemble of the command's `--models` with `--engine`."
-    if getattr(args, 'engine', 'torch') == 'onnx': return _onnx_ensemble(args)
+    "The ensemble of the command's `--models` with `--engine`, and the refiner of `--refine` after it."
+    refiner = _refiner_from_args(args, device)
+    if getattr(args, 'engine', 'torch') == 'onnx': return _onnx_ensemble(args, refiner)
     onnx = [m for m in args.models if str(m).endswith('.onnx')]
     if onnx: raise UsageError(f"{onnx[0]} is an ONNX graph: run it with --engine onnx")
-    try: return ensemble_step(args.models, args.tta, args.weights, args.merge, getattr(args, 'threshold', None) or 0.5, device)
+    try: return ensemble_step(args.models, args.tta, args.weights, args.merge, getattr(args, 'threshold', None) or 0.5, device, refiner)
     except ValueError as e: raise UsageError(' '.join(str(e).split())) from None
 
 def _torch_only(args, what):
@@ -382,6 +421,9 @@ def cmd_serve(args):
 def cmd_export(args):
     "`export`: the ensemble as an ONNX graph with its JSON."
     _torch_only(args, 'export')
+    if args.refine not in (None, 'none') or args.refiner:
+        raise UsageError("export: a refiner is PyTorch and is not part of the graph; pass --refine to the command that runs the "
+                         ".onnx file (predict, cutout or serve with --engine onnx)")
     _check_ckpts(args.models)
     if not str(args.out).endswith('.onnx'): raise UsageError(f"--out {args.out}: the export's name must end with .onnx")
     check_writable(Path(args.out).parent)
@@ -393,6 +435,23 @@ def cmd_export(args):
     check = json.loads(out.with_suffix('.json').read_text()).get('check')
     say(f"export: {out} ({out.stat().st_size/2**20:.1f} MiB)" + (f"; onnxruntime vs PyTorch: {check}" if check else ''))
 
+# %% ../nbs/16_cli.ipynb #9240b167
+def _or(v, default): return default if v is None else v
+
+def cmd_refine_train(args):
+    "`refine-train`: a learned refiner from a dataset's training photos, into `--out`."
+    cfg = load_config(args.config, **_overrides(args))
+    if args.print_config: return print(config_yaml(cfg), end='')
+    d, r = cfg['data'], cfg['refine']
+    if d['path'] is None: raise UsageError("refine-train needs --data (or data.path in the config): a dataset folder with masks; `synth` makes one")
+    lay = {k: d[k] for k in LAYOUT_KEYS if d.get(k) is not None}
+    data = check_data(d['path'], 'train', **{k: v for k, v in lay.items() if k in ('layout', 'images', 'masks')})
+    check_writable(Path(args.out).parent)
+    out = train_refiner_step(load_items(data, **lay), args.out, _or(args.valid_pct, d['valid_pct']), _or(args.seed, d['seed']),
+                             _or(args.photos, r['photos']), _or(args.steps, r['steps']), _or(args.size, r['size']), what='refine-train')
+    say(f"refine-train: use it with --refine learned --refiner {out} (evaluate, predict, cutout, serve), "
+        f"or refine: {{method: learned, checkpoint: {out}}} in a config")
+
 # %% ../nbs/16_cli.ipynb #e6366d54
 def _one_line(e): return ' '.join(str(e).split())
 
@@ -400,7 +459,7 @@ def _run(args, prog) -> int:
     import os
     cmds = {'all': cmd_all, 'synth': cmd_synth, 'train': cmd_train, 'evaluate': cmd_evaluate, 'predict': cmd_predict,
             'merge-shards': cmd_merge, 'validate-submission': cmd_validate, 'cutout': cmd_cutout,
-            'serve': cmd_serve, 'export': cmd_export}
+            'serve': cmd_serve, 'export': cmd_export, 'refine-train': cmd_refine_train}
     try: return cmds[args.command](args) or 0
     except UsageError as e:
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr, flush=True)

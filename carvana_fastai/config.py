@@ -12,9 +12,9 @@ from .core import CARVANA_SHAPE, UsageError, check_choice, did_you_mean, is_int,
 
 # %% auto #0
 __all__ = ['STAGE_DEFAULTS', 'ONE_CYCLE_KEYS', 'STAGE_KEYS', 'PLANS', 'MODEL_DEFAULTS', 'MODEL_SCHEMA', 'LAYOUTS', 'ENGINES',
-           'CONFIG_SCHEMA', 'validate_plan', 'progressive_plan', 'single_plan', 'scale_size', 'get_plan', 'configs_dir',
-           'packaged_configs', 'config_path', 'read_config', 'merge_config', 'check_config', 'check_keys',
-           'load_config', 'config_yaml']
+           'REFINE_METHODS', 'CONFIG_SCHEMA', 'validate_plan', 'progressive_plan', 'single_plan', 'scale_size',
+           'get_plan', 'configs_dir', 'packaged_configs', 'config_path', 'read_config', 'merge_config', 'check_config',
+           'check_keys', 'load_config', 'config_yaml']
 
 # %% ../nbs/02_config.ipynb #6667491a
 STAGE_DEFAULTS = dict(epochs=2, lr=1e-3, bs=8, freeze=False)
@@ -150,6 +150,7 @@ MODEL_SCHEMA = dict(name='name', body='str', fusion='str', decoder='str', pretra
 
 LAYOUTS = ('carvana', 'folders')
 ENGINES = ('torch', 'onnx')        # what runs the ensemble: PyTorch, or onnxruntime on an exported graph
+REFINE_METHODS = ('none', 'guided', 'learned')   # `refine.REFINE_METHODS`, kept here so the config needs no torch
 
 CONFIG_SCHEMA = dict(
     name='name',
@@ -158,6 +159,8 @@ CONFIG_SCHEMA = dict(
     synth=dict(cars='count', views='count', size='size', test_cars='int', seed='int'),
     models='models',
     ensemble=dict(weights='weights?', tta='str?', merge='str', threshold='threshold'),
+    refine=dict(method='refine_method', checkpoint='path?', train='bool', photos='count?', steps='count', size='count',
+                radius='count', eps='positive', width='count', margin='fraction', flip='bool'),
     predict=dict(bs='count', workers='int?', gzip='bool', overlays='int', engine='engine'),
 )
 
@@ -182,6 +185,8 @@ _KINDS = dict(
     threshold=(lambda v: float(v) if is_num(v) and 0 < v < 1 else v if v == 'best' else None, "a number between 0 and 1, or 'best'"),
     layout=(lambda v: v if v in LAYOUTS else None, f"one of {', '.join(LAYOUTS)}"),
     engine=(lambda v: v if v in ENGINES else None, f"one of {', '.join(ENGINES)}"),
+    refine_method=(lambda v: v if v in REFINE_METHODS else None, f"one of {', '.join(REFINE_METHODS)}"),
+    positive=(lambda v: float(v) if is_num(v) and v > 0 else None, 'a positive number'),
     regex=(_regex, 'a regular expression'),
 )
 
@@ -238,6 +243,18 @@ def _plain(v):
     "A value as a config holds it (tuples as lists)."
     return [_plain(o) for o in v] if isinstance(v, (list, tuple)) else {k: _plain(o) for k, o in v.items()} if isinstance(v, dict) else v
 
+def _check_refine(r, merge):
+    "The refine section's keys that depend on each other (and on the ensemble's merge)."
+    m = r['method']
+    if r['train'] and m != 'learned':
+        raise UsageError(f"refine.train trains the learned refiner: set refine.method: learned (not {m}), or refine.train: false")
+    if r['train'] and r['checkpoint'] is not None:
+        raise UsageError(f"refine.train writes <run>/refiner.pth: leave refine.checkpoint null, or set refine.train: false to use {r['checkpoint']}")
+    if m == 'learned' and not r['train'] and r['checkpoint'] is None:
+        raise UsageError("refine.method learned needs refine.checkpoint (a refiner file; `refine-train` makes one) or refine.train: true")
+    if m != 'none' and merge != 'mean':
+        raise UsageError(f"refine.method {m} refines the mean merge's probabilities: set ensemble.merge: mean, or refine.method: none")
+
 def check_config(cfg) -> dict:
     "The config with every key known and of the right type, sizes as `[h, w]` and model entries filled in; `UsageError` if not."
     if not isinstance(cfg, dict): raise _type_error('config', cfg, 'a mapping of sections')
@@ -252,6 +269,7 @@ def check_config(cfg) -> dict:
     if out['ensemble']['tta'] in ('none', 'None', ''): out['ensemble']['tta'] = None
     if out['data']['layout'] == 'folders' and out['data']['path'] is None:
         raise UsageError("data.layout folders needs data.path: the folder that holds the photos and the masks")
+    _check_refine(out['refine'], out['ensemble']['merge'])
     return _plain(out)
 
 def check_keys(user, src=None):

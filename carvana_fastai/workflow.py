@@ -12,9 +12,10 @@ from .config import config_yaml
 
 # %% auto #0
 __all__ = ['LAYOUT_KEYS', 'ONNX_MODULES', 'check_data', 'check_models', 'check_tta', 'check_ensemble_weights', 'pick_device',
-           'preflight', 'synth_step', 'load_items', 'member_summary', 'train_member', 'train_models', 'ensemble_step',
-           'evaluate_step', 'predict_step', 'validate_step', 'image_inputs', 'cutout_step', 'run_folder',
-           'check_engine', 'engine_step', 'run_all']
+           'check_refiner_file', 'preflight', 'synth_step', 'load_items', 'member_summary', 'train_member',
+           'train_models', 'refine_pairs', 'train_refiner_step', 'refiner_path', 'refine_step', 'ensemble_step',
+           'ensemble_dice', 'evaluate_step', 'predict_step', 'validate_step', 'image_inputs', 'cutout_step',
+           'run_folder', 'check_engine', 'engine_step', 'run_all']
 
 # %% ../nbs/15_workflow.ipynb #7c67a179
 def _secs(t0) -> str: return fmt_secs(time.time() - t0)
@@ -88,13 +89,21 @@ def pick_device(device='auto') -> str:
     return device
 
 # %% ../nbs/15_workflow.ipynb #2954d306
+def check_refiner_file(path, where='refine.checkpoint'):
+    "`UsageError` unless `path` (None: nothing to check) is a refiner checkpoint (`refine.load_refiner` reads it)."
+    if path is None: return
+    from carvana_fastai.refine import load_refiner
+    try: load_refiner(path)
+    except (OSError, ValueError) as e: raise UsageError(f"{where}: {' '.join(str(e).split())}") from None
+
+# %% ../nbs/15_workflow.ipynb #ef41ee00
 def _check_fresh(models_dir, models, resume):
     if resume: return
     done = [m['name'] for m in models if (Path(models_dir)/m['name']/'model.pth').exists() or (Path(models_dir)/m['name']/'last.pth').exists()]
     if done: raise UsageError(f"{Path(models_dir)/done[0]} already holds a trained model: pass --resume to reuse it, or use another --out/--name")
 
 def preflight(cfg, data=None, out=None, device='auto', resume=False, models_dir=None, fetch_weights=True, splits=('train',)) -> str:
-    "Every check before any work: data layout, output folder, models (bodies, fusions, losses, weights), TTA, weights, device."
+    "Every check before any work: data layout, output folder, models (bodies, fusions, losses, weights), TTA, weights, refiner, device."
     if data is not None:
         lay = {k: v for k, v in _layout_of(cfg['data']).items() if k in ('layout', 'images', 'masks')}
         for split in splits: check_data(data, split, **lay)
@@ -104,6 +113,8 @@ def preflight(cfg, data=None, out=None, device='auto', resume=False, models_dir=
     check_models(cfg['models'], fetch_weights=fetch_weights)
     check_tta(cfg['ensemble']['tta'])
     check_ensemble_weights(cfg['ensemble']['weights'], len(cfg['models']))
+    r = cfg.get('refine') or {}
+    if r.get('method') == 'learned' and not r.get('train'): check_refiner_file(r['checkpoint'])
     return device
 
 # %% ../nbs/15_workflow.ipynb #7b643a2d
@@ -207,11 +218,57 @@ def train_models(cfg, data, out, resume=False, device='cpu', names=None) -> list
     return [train_member(m, data, out, d['valid_pct'], d['seed'], resume, device, items) for m in models]
 
 # %% ../nbs/15_workflow.ipynb #cde61bfd
-def ensemble_step(ckpts, tta='hflip', weights=None, merge='mean', threshold=0.5, device='cpu'):
-    "The ensemble of checkpoints `ckpts` (threshold 'best' is set later by `evaluate_step`)."
+def refine_pairs(items, valid_pct=0.2, seed=42, photos=None) -> list:
+    "(uint8 photo (3,H,W), float mask (H,W)) pairs of the training cars of `items` under `car_splitter(valid_pct, seed)`; `photos` of them spread over the cars."
+    import numpy as np, torch
+    from carvana_fastai.data import car_splitter, load_mask
+    from carvana_fastai.images import read_image
+    rows = items.iloc[car_splitter(valid_pct, seed)(items.reset_index(drop=True))[0]].reset_index(drop=True)
+    if photos is not None and photos < len(rows): rows = rows.iloc[np.linspace(0, len(rows) - 1, photos).round().astype(int)]
+    return [(read_image(r['img']), torch.from_numpy(load_mask(r)).float()) for _, r in rows.iterrows()]
+
+def train_refiner_step(items, out, valid_pct=0.2, seed=42, photos=None, steps=300, size=64, progress=True, what='refine') -> Path:
+    "Train the learned refiner (`refine.train_refiner`) on the training cars of `items` into `out`; print one line."
+    from carvana_fastai.refine import train_refiner
+    t0 = time.time()
+    pairs = refine_pairs(items, valid_pct, seed, photos)
+    train_refiner(pairs, out, size=size, steps=steps, progress=progress)
+    say(f"{what}: trained the learned refiner on {len(pairs)} photos in {_secs(t0)} -> {out}")
+    return Path(out)
+
+def refiner_path(cfg, run=None):
+    "The learned refiner's file of a run: `refine.checkpoint`, or `run`/refiner.pth when the run trains it (None: no file)."
+    r = cfg.get('refine') or {}
+    if r.get('method') != 'learned': return None
+    return Path(run)/'refiner.pth' if r.get('train') else Path(r['checkpoint'])
+
+def refine_step(cfg, data, run=None, device='cpu', items=None, resume=False):
+    "The refiner of the config's `refine` section (None for method none), trained first into `run`/refiner.pth when `refine.train`."
+    r = cfg.get('refine') or {}
+    if r.get('method', 'none') == 'none': return None
+    from carvana_fastai.refine import get_refiner
+    path, d = refiner_path(cfg, run), cfg['data']
+    if r['train'] and rank() == 0:                        # under torchrun rank 0 trains it; the others load it after
+        if resume and path.is_file(): say(f"refine: reusing {path} (trained before)")
+        else:
+            if items is None: items = load_items(data, **_layout_of(d))
+            train_refiner_step(items, path, d['valid_pct'], d['seed'], r['photos'], r['steps'], r['size'])
+    return get_refiner(r['method'], path, device, r['radius'], r['eps'], r['width'], r['margin'], r['flip'])
+
+# %% ../nbs/15_workflow.ipynb #ec195ea6
+def ensemble_step(ckpts, tta='hflip', weights=None, merge='mean', threshold=0.5, device='cpu', refiner=None):
+    "The ensemble of checkpoints `ckpts`, with `refiner` after it (threshold 'best' is set later by `evaluate_step`)."
     from carvana_fastai.ensemble import load_ensemble
     return load_ensemble([str(c) for c in ckpts], weights=weights, tta=tta or 'none', merge=merge, device=device,
-                         threshold=0.5 if threshold == 'best' else threshold)
+                         threshold=0.5 if threshold == 'best' else threshold, refiner=refiner)
+
+def ensemble_dice(df) -> str:
+    "The evaluation table's ensemble Dice without and with TTA, and the refined ensemble's when there is one, as words."
+    ens = df[df.model.str.startswith('ensemble')]
+    ref = ens.refine.fillna('none') if 'refine' in ens else None
+    plain, refined = (ens, ens.iloc[:0]) if ref is None else (ens[ref == 'none'], ens[ref != 'none'])
+    def pair(rows): return f"Dice {rows.dice.iloc[0]:.5f}" + (f", with TTA {rows.dice.iloc[-1]:.5f}" if len(rows) > 1 else '')
+    return f"ensemble {pair(plain)}" + (f"; refined ({refined.refine.iloc[0]}) {pair(refined)}" if len(refined) else '')
 
 def evaluate_step(ens, data, valid_pct=0.2, seed=42, bs=4, out=None, best=False, items=None, progress=True):
     "The evaluation table of `ens` on the validation cars of `data` (written to `out`/evaluation.csv and .md if given)."
@@ -230,8 +287,8 @@ def evaluate_step(ens, data, valid_pct=0.2, seed=42, bs=4, out=None, best=False,
         (out/'evaluation.md').write_text(md + '\n')
     a = df.attrs
     say(md)
-    say(f"evaluate: {a.get('images')} validation photos of {a.get('cars')} cars, threshold {ens.threshold}; ensemble Dice "
-        f"{df.dice.iloc[-2]:.5f}, with TTA {df.dice.iloc[-1]:.5f}" + (f"; table in {out/'evaluation.md'}" if out else '') + f" [{_secs(t0)}]")
+    say(f"evaluate: {a.get('images')} validation photos of {a.get('cars')} cars, threshold {ens.threshold}; {ensemble_dice(df)}"
+        + (f"; table in {out/'evaluation.md'}" if out else '') + f" [{_secs(t0)}]")
     return df
 
 # %% ../nbs/15_workflow.ipynb #0a25c602
@@ -319,7 +376,7 @@ def engine_step(ens, engine, run):
     f = export_onnx(ens, Path(run)/'ensemble.onnx')
     check = json.loads(f.with_suffix('.json').read_text()).get('check', {})
     say(f"export: {f} for onnxruntime (max |prob diff| vs PyTorch {check.get('max_diff', float('nan')):.1e}) [{_secs(t0)}]")
-    return OnnxEnsemble(f, threshold=ens.threshold)
+    return OnnxEnsemble(f, threshold=ens.threshold, refiner=ens.refiner)
 
 def _predict_all(cfg, ens, data, run, resume):
     "The submission of a Carvana-layout run and its check: (csv, check)."
@@ -350,10 +407,11 @@ def _predict_rank(cfg, data, run, resume, device, timeout=7*24*3600):
         if time.time() - t0 > timeout: raise TimeoutError(f"rank {rank()}: waited {timeout} s for rank 0 to evaluate ({f})")
         time.sleep(1)
     e, p = cfg['ensemble'], cfg['predict']
+    refiner = refine_step(cfg, data, run, device)           # rank 0 trained it before evaluating
     if p.get('engine') == 'onnx':
         from carvana_fastai.export import OnnxEnsemble
-        ens = OnnxEnsemble(Path(run)/'ensemble.onnx', threshold=go['threshold'])
-    else: ens = ensemble_step(go['checkpoints'], e['tta'], e['weights'], e['merge'], go['threshold'], device)
+        ens = OnnxEnsemble(Path(run)/'ensemble.onnx', threshold=go['threshold'], refiner=refiner)
+    else: ens = ensemble_step(go['checkpoints'], e['tta'], e['weights'], e['merge'], go['threshold'], device, refiner)
     return predict_step(ens, data, Path(run)/'submission.csv', p['bs'], p['workers'], resume=resume, gzip=p['gzip'])
 
 def _overlays(cfg, ens, photos, run) -> list:
@@ -366,7 +424,7 @@ def _overlays(cfg, ens, photos, run) -> list:
 
 # %% ../nbs/15_workflow.ipynb #bfa7a373
 def run_all(cfg, run, device='auto', resume=False) -> Path:
-    "Synthetic data (without a data path) -> train -> evaluate -> predict -> validate -> report, in the folder `run`."
+    "Synthetic data (without a data path) -> train -> refiner -> evaluate -> predict -> validate -> report, in the folder `run`."
     from carvana_fastai.report import write_report
     t0, run, d = time.time(), Path(run), cfg['data']
     if not resume and (run/'config.yaml').exists() and rank() == 0:
@@ -387,7 +445,8 @@ def run_all(cfg, run, device='auto', resume=False) -> Path:
         if carvana: _predict_rank(cfg, data, run, resume, _rank_device(device))
         return run
     items = None if carvana else load_items(data, **_layout_of(d))
-    ens = ensemble_step([m['checkpoint'] for m in members], e['tta'], e['weights'], e['merge'], e['threshold'], _rank_device(device))
+    refiner = refine_step(cfg, data, run, _rank_device(device), items, resume)
+    ens = ensemble_step([m['checkpoint'] for m in members], e['tta'], e['weights'], e['merge'], e['threshold'], _rank_device(device), refiner)
     evaluation = evaluate_step(ens, data, d['valid_pct'], d['seed'], p['bs'], run, best=e['threshold'] == 'best', items=items)
     pens = engine_step(ens, p.get('engine', 'torch'), run) if carvana else ens
     if world() > 1 and carvana: _ready_to_predict(run, [m['checkpoint'] for m in members], ens.threshold)

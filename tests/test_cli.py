@@ -6,7 +6,8 @@ import pytest, yaml
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', MPLBACKEND='Agg', PYTHONWARNINGS='ignore', COLUMNS='200')
 ENV.pop('CARVANA_DEBUG', None)
-COMMANDS = ['all', 'synth', 'train', 'evaluate', 'predict', 'merge-shards', 'validate-submission', 'cutout', 'serve', 'export']
+COMMANDS = ['all', 'synth', 'train', 'evaluate', 'predict', 'merge-shards', 'validate-submission', 'cutout', 'serve', 'export',
+            'refine-train']
 
 def cli(*args, timeout=600):
     "Run the CLI with `args`; return the CompletedProcess (text stdout/stderr)."

@@ -11,7 +11,8 @@ from tiny_models import tiny_ensemble, test_dir
 def test_evaluate_and_threshold(tiny_carvana):
     ens = tiny_ensemble()
     tab = evaluate_ensemble(ens, tiny_carvana, valid_pct=0.34, seed=0, bs=3, progress=False)
-    assert list(tab.columns) == ['model', 'size', 'tta', 'weight', 'dice', 'bf1', 'bf3'] and len(tab) == 6
+    assert list(tab.columns) == ['model', 'size', 'tta', 'refine', 'weight', 'dice', 'bf1', 'bf3'] and len(tab) == 6
+    assert set(tab.refine) == {'none'} and 'refine_ms' not in tab.attrs and tab.attrs['forward_ms'] > 0
     assert tab.bf1.between(0, 1).all() and (tab.bf1 <= tab.bf3 + 1e-9).all()
     assert tab.attrs['cars'] == 2 and tab.attrs['images'] == 8 and tab.dice.between(0, 1).all()
     assert to_markdown(tab).count('\n') == 7

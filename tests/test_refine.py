@@ -191,3 +191,11 @@ def test_cutout_alpha_follows_the_refined_map(tiny_carvana):
         ens.refiner = plain
     got = np.asarray(cutout(ens, f, mask_only=True))
     assert np.array_equal(got, want) and not np.array_equal(want, unrefined)
+
+@pytest.mark.parametrize('steps', [1, 2, 3, 5])
+def test_few_steps_train(steps):
+    "Any number of steps trains (the one-cycle schedule needs its warm-up to span at least one step)."
+    g = torch.Generator().manual_seed(0)
+    pairs = [(torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8, generator=g), _coarse(40, 60, seed=s)[1]) for s in range(2)]
+    m = train_refiner(pairs, size=16, steps=steps, bs=2, progress=False)
+    assert isinstance(m, EdgeRefiner) and not m.training
