@@ -234,3 +234,12 @@ def append_results(title, info, body, args=None, path=BENCH_MD, cmd=None):
         f.write(sec)
     print(f"(appended to {path})")
     return sec
+
+def extra_memory(f):
+    "Peak bytes torch allocates on the CPU during `f()` (the profiler's allocations and frees, in order)."
+    from torch.profiler import profile
+    with profile(profile_memory=True) as prof: f()
+    ev = sorted([e for e in prof.profiler.function_events if e.self_cpu_memory_usage], key=lambda e: e.time_range.start)
+    cur = peak = 0
+    for e in ev: cur += e.self_cpu_memory_usage; peak = max(peak, cur)
+    return peak

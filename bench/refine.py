@@ -13,16 +13,7 @@ import sys, shutil, tempfile, time
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (base_parser, setup, machine_info, bench_alternating, paired_ratio, fmt_time, fmt_bytes, md_table,
-                     verdict, append_results)
-
-def extra_memory(f):
-    "Peak bytes torch allocates on the CPU during `f()` (the profiler's allocations and frees, in order)."
-    from torch.profiler import profile
-    with profile(profile_memory=True) as prof: f()
-    ev = sorted([e for e in prof.profiler.function_events if e.self_cpu_memory_usage], key=lambda e: e.time_range.start)
-    cur = peak = 0
-    for e in ev: cur += e.self_cpu_memory_usage; peak = max(peak, cur)
-    return peak
+                     verdict, append_results, extra_memory)
 
 def main(argv=None):
     p = base_parser(__doc__.split('\n\n')[0], repeats=5, warmup=1)

@@ -26,7 +26,7 @@ def tiny_config(**over):
                             plan=[dict(size=[32, 48], epochs=1, lr=0.003, bs=4), dict(size=[64, 96], epochs=1, lr=0.001, bs=4)]),
                        dict(name='b', body='efficientnet_lite0', fusion='add', pretrained=False,
                             plan=[dict(size=[48, 64], epochs=1, lr=0.003, bs=4)])],
-               ensemble=dict(tta='hflip'), predict=dict(bs=4, overlays=2))
+               ensemble=dict(tta='hflip'), refine=dict(steps=10, size=32), predict=dict(bs=4, overlays=2))
     for k, v in over.items(): cfg[k] = {**cfg[k], **v} if isinstance(v, dict) and isinstance(cfg.get(k), dict) else v
     return cfg
 

@@ -199,3 +199,15 @@ def test_few_steps_train(steps):
     pairs = [(torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8, generator=g), _coarse(40, 60, seed=s)[1]) for s in range(2)]
     m = train_refiner(pairs, size=16, steps=steps, bs=2, progress=False)
     assert isinstance(m, EdgeRefiner) and not m.training
+
+def test_train_on_the_ensembles_own_maps():
+    "Given an ensemble, the refiner also learns from its maps of the training photos (unrefined: refine=False)."
+    from carvana_fastai.refine import _own_maps
+    g = torch.Generator().manual_seed(1)
+    img = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8, generator=g)
+    ens = tiny_ensemble('hflip', refiner=lambda x, p, t: p.mul_(0))            # a refiner must not change the maps it learns from
+    own = _own_maps(ens, img, 3)
+    with torch.inference_mode(): want = (ens(img[None], refine=False)[0, 0]*255).round().to(torch.uint8)
+    assert len(own) == 3 and all(torch.equal(o, want) for o in own) and own[0].any() and _own_maps(None, img, 3) == []
+    m = train_refiner([(img, _coarse(40, 60, seed=1)[1])], size=16, steps=3, bs=2, ensemble=ens, progress=False)
+    assert isinstance(m, EdgeRefiner)

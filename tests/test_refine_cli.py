@@ -21,7 +21,7 @@ def test_all_trains_and_uses_the_refiner(refined_run):
     run, out = refined_run
     for f in ['refiner.pth', 'report.md', 'evaluation.csv', 'submission.csv']: assert (run/f).is_file(), f
     line = next(l for l in out.splitlines() if l.startswith('refine: trained'))
-    assert f"-> {run/'refiner.pth'}" in line and ' photos in ' in line, line
+    assert f"-> {run/'refiner.pth'}" in line and " and the ensemble's maps of them (2 members) in " in line, line
     assert 'refined (learned)' in next(l for l in out.splitlines() if l.startswith('evaluate:') and 'validation photos' in l)
     rows = list(csv.DictReader(open(run/'evaluation.csv')))
     assert [r['refine'] for r in rows if r['model'].startswith('ensemble')] == ['none', 'none', 'learned', 'learned']
@@ -55,6 +55,12 @@ def test_refine_train(tmp_path, refined_run):
     from carvana_fastai.refine import load_refiner
     load_refiner(tmp_path/'tiny.pth')
     one_line_error(cli('refine-train', '--data', tmp_path, '--out', tmp_path/'x.pth'), 'has no train/ folder')
+    models = [run/'models'/'a'/'model.pth', run/'models'/'b'/'model.pth']
+    r = ok(cli('refine-train', '--data', run/'data', '--out', tmp_path/'own.pth', '--steps', 10, '--size', 32, '--photos', 2,
+               '--models', *models, '--device', 'cpu'))
+    assert "on 2 photos and the ensemble's maps of them (2 members)" in r.stdout
+    load_refiner(tmp_path/'own.pth')
+    one_line_error(cli('refine-train', '--data', run/'data', '--out', tmp_path/'x.pth', '--models', tmp_path/'nope.pth'), 'nope.pth does not exist')
 
 def test_commands_with_refine(tmp_path, refined_run):
     "evaluate, predict and cutout take --refine and --refiner; a wrong refiner file is one line before any model is loaded."

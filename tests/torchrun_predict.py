@@ -27,7 +27,8 @@ def main(images, out, mode, resume='0', die='0'):
     ens = tiny_ensemble('hflip', threshold=0.45)
     if die == '1' and os.environ['RANK'] == '1': ens = DiesAfter(ens, 1)
     s = predict_folder(ens, images, out, bs=2, workers=0, resume=resume == '1', progress=False)
-    print(f"rank {os.environ['RANK']} summary " + json.dumps(dict(out=str(s['out']), predicted=s['predicted'], kept=s['kept'])), flush=True)
+    line = f"rank {os.environ['RANK']} summary " + json.dumps(dict(out=str(s['out']), predicted=s['predicted'], kept=s['kept']))
+    os.write(1, (line + '\n').encode())          # one write: the ranks share stdout, and print's text and newline are two
     if mode == 'gloo': dist.destroy_process_group()
 
 if __name__ == '__main__': main(*sys.argv[1:])
