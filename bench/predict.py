@@ -50,12 +50,26 @@ def parse_models(s):
         out.append(dict(name=item, body=body, fusion=fusion or 'concat', decoder=decoder or None, size=hw))
     return out
 
+def checkpoint_specs(paths):
+    "Specs (name, body, fusion, decoder, size, checkpoint) of trained members' checkpoints (`--checkpoints`)."
+    from carvana_fastai.checkpoint import read_checkpoint
+    out = []
+    for f in paths:
+        ck = read_checkpoint(f)
+        c = ck['config']
+        out.append(dict(name=Path(f).parent.name, body=c['body'], fusion=c.get('fusion'), decoder=c.get('decoder'),
+                        size=tuple(ck['size']), checkpoint=str(f)))
+    return out
+
 def build_ensemble(specs, device, amp=False, tta='hflip', seed=0):
-    "An `ensemble.Ensemble` of random-weight U-Nets built from `specs`, prepared on `device` (autocast if `amp`)."
+    "An `ensemble.Ensemble` of random-weight U-Nets built from `specs` (or their trained `checkpoint`s), prepared on `device` (autocast if `amp`)."
     import torch
     from carvana_fastai.unet import carvana_unet
     from carvana_fastai.bodies import body_stats
     from carvana_fastai.ensemble import load_ensemble
+    mp = amp if device.type == 'cuda' else False
+    if all(s.get('checkpoint') for s in specs):
+        return load_ensemble([s['checkpoint'] for s in specs], tta=tta, device=device, mixed_precision=mp)
     members = []
     for i, s in enumerate(specs):
         torch.manual_seed(seed + i)
@@ -63,7 +77,6 @@ def build_ensemble(specs, device, amp=False, tta='hflip', seed=0):
         model = carvana_unet(body=s['body'], img_size=s['size'], pretrained=False, **kw)
         stats = [list(map(float, v)) for v in body_stats(s['body'])]
         members.append((model, dict(stats=stats, size=s['size'], name=s['name'])))
-    mp = amp if device.type == 'cuda' else False
     return load_ensemble(members, tta=tta, device=device, mixed_precision=mp)
 
 def describe(specs, tta):
@@ -262,6 +275,8 @@ def main(argv=None):
     p.add_argument('--workers', type=int, default=None, help="DataLoader workers (default: predict_folder's own)")
     p.add_argument('--models', default=None, help="'default', 'paper:2' or 'body:fusion:decoder@HxW,...' "
                    "(default: 'default', or 'paper:2' with --extrapolate)")
+    p.add_argument('--checkpoints', nargs='+', default=None, metavar='CKPT',
+                   help='trained members (model.pth files) instead of random-weight ones: maps like a real ensemble\'s, so the band is narrow')
     p.add_argument('--tta', default='hflip', help='TTA preset of carvana_fastai.ensemble (none, hflip, flips, ...)')
     p.add_argument('--extrapolate', type=int, default=0, metavar='N',
                    help='time N images end to end and extrapolate to 100,064 (instead of the comparison)')
@@ -270,7 +285,7 @@ def main(argv=None):
     p.add_argument('--keep', default=None, help='folder to keep the images in (reused when it has the right count)')
     args = p.parse_args(argv)
     dev = setup(args)
-    specs = parse_models(args.models or ('paper:2' if args.extrapolate else 'default'))
+    specs = checkpoint_specs(args.checkpoints) if args.checkpoints else parse_models(args.models or ('paper:2' if args.extrapolate else 'default'))
     info = machine_info(dev)
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix='bench_predict_'))
     n = args.extrapolate or args.n
@@ -281,7 +296,8 @@ def main(argv=None):
     for amp in amp_modes(args):
         if args.extrapolate: sections.append(run_extrapolate(args, dev, amp, specs, folder, tmp))
         else: sections.append(run_compare(args, dev, amp, specs, folder, tmp))
-    body = ("Random-weight U-Nets (speed does not depend on the weights). End to end = `predict_folder` (JPEG decode "
+    body = ((f"Trained members ({', '.join(s['checkpoint'] for s in specs)}). " if args.checkpoints else
+             "Random-weight U-Nets (speed does not depend on the weights, the band of uncertain pixels does). ") + "End to end = `predict_folder` (JPEG decode "
             "and resize in DataLoader workers or in the main process, members with TTA, weighted mean (members of one size summed at that size, "
             "each size upsampled once to 1280x1918, only in the band near the edge where that is exact and the band is narrow: `ensemble.band_masks`), threshold, RLE in a thread, CSV). Floor = the same members with TTA on the same images already decoded, "
             "resized and normalised in memory. '% of floor' = e2e images/s over floor images/s (median of per-round "
