@@ -3,7 +3,7 @@
 Steps (each timed, its result in OUT/summary.json and OUT/summary.md): (1) train a 2-stage plan on synthetic data with
 bf16 + channels_last (loss falls, no NaN/inf, the checkpoints load on the CPU); (2) the paper config's model at 1280x1918
 for a few steps (peak memory); (3) predict full-resolution photos with TTA on the device and on the CPU from the same
-checkpoint (Dice > 0.999); (4) ONNX export parity (onnxruntime on CUDA when it has it); (5) bench/predict.py
+checkpoint (Dice > 0.999); (3b) the same with the guided and the learned refiner, and the refinement's time; (4) ONNX export parity (onnxruntime on CUDA when it has it); (5) bench/predict.py
 --device cuda --extrapolate 2000. `--cpu-smoke`: a tiny version of (1), (3), (4) on the CPU, to test the script here.
 """
 import json, math, os, subprocess, sys, time, traceback, warnings
@@ -79,6 +79,31 @@ def main(out, smoke=False):
         assert min(dice) > 0.999, f"device vs CPU Dice {dice}"
         return dict(dice=dice)
     if ck.is_file(): step('predict_vs_cpu', parity)
+
+    def refine():
+        from carvana_fastai.ensemble import load_ensemble
+        from carvana_fastai.images import read_image
+        from carvana_fastai.refine import get_refiner, train_refiner, _read_pairs
+        train_refiner(_read_pairs(data, 4), out/'refiner.pth', size=32, steps=20, bs=8, progress=False)
+        photos = [read_image(p)[None] for p in sorted((data/'test').glob('*.jpg'))[:2]]
+        r = {}
+        for method in ('guided', 'learned'):
+            e_dev = load_ensemble([str(ck)], tta='hflip', device=dev, refiner=get_refiner(method, out/'refiner.pth', dev))
+            e_cpu = load_ensemble([str(ck)], tta='hflip', device='cpu', refiner=get_refiner(method, out/'refiner.pth'))
+            dice, secs = [], []
+            with torch.inference_mode():
+                for x in photos:
+                    a, b = e_dev.masks(x.to(dev)).cpu().bool(), e_cpu.masks(x).bool()
+                    dice.append(float(2*(a & b).sum() / max(1, a.sum() + b.sum())) if (a.sum() + b.sum()) else 1.)
+                    p = e_dev(x.to(dev), refine=False)
+                    if dev == 'cuda': torch.cuda.synchronize()
+                    t0 = time.time(); e_dev.refine(x.to(dev), p)
+                    if dev == 'cuda': torch.cuda.synchronize()
+                    secs.append(time.time() - t0)
+            assert min(dice) > 0.999, f"{method}: device vs CPU Dice {dice}"
+            r[method] = dict(dice=dice, refine_ms=[round(1000*t, 1) for t in secs])
+        return r
+    if ck.is_file(): step('refine_vs_cpu', refine)
 
     def onnx():
         from carvana_fastai.ensemble import load_ensemble

@@ -28,4 +28,4 @@ def test_gpu_check_cpu_smoke(tmp_path):
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     md = (tmp_path/'out'/'summary.md').read_text()
-    for step in ('train', 'predict_vs_cpu', 'onnx'): assert f'| {step} | yes |' in md
+    for step in ('train', 'predict_vs_cpu', 'refine_vs_cpu', 'onnx'): assert f'| {step} | yes |' in md
