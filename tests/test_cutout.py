@@ -1,10 +1,10 @@
 "Cut-outs: sizes, soft vs hard alpha, EXIF, aspect ratio, backgrounds, masks, folders with resume and every kind of bad input."
-import errno, os, struct, zlib, warnings
+import errno, importlib, os, struct, zlib, warnings
 from pathlib import Path
 import numpy as np, pytest, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image, ImageDraw
 warnings.filterwarnings('ignore', category=FutureWarning)
-import carvana_fastai.cutout as cutout_mod
+cutout_mod = importlib.import_module('carvana_fastai.cutout')   # `import carvana_fastai.cutout as m` is the function: the package's name wins
 from carvana_fastai.core import UsageError
 from carvana_fastai.ensemble import load_ensemble
 from carvana_fastai.cutout import (cutout, predict_mask, cutout_folder, load_photo, aspect_size, ensemble_probs, alpha_maps,
