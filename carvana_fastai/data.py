@@ -160,7 +160,7 @@ def carvana_items(path, split='train', on_error='raise', check=True) -> pd.DataF
     return df
 
 # %% ../nbs/03_data.ipynb #3755a778
-MASK_EXTS = ('.png', '.gif', '.bmp', '.tif', '.tiff')
+MASK_EXTS = ('.png', '.gif', '.bmp', '.tif', '.tiff')   # the masks a folder of masks may hold
 
 def _group_fn(group):
     "A function stem -> group id from `group`: None (the stem), a regex (first group or whole match) or a function."
@@ -260,10 +260,11 @@ def _split_on(ids, valid_cars):
     return np.flatnonzero(~is_valid).tolist(), np.flatnonzero(is_valid).tolist()
 
 def car_splitter(valid_pct=0.2, seed=42):
-    "fastai splitter: items -> (train_idx, valid_idx) with `valid_pct` of the cars, all views of a car on one side."
-    if not 0 < valid_pct < 1: raise ValueError(f"valid_pct must be between 0 and 1, not {valid_pct}")
+    "fastai splitter: items -> (train_idx, valid_idx) with `valid_pct` of the cars, all views of a car on one side (0: all train, none held out)."
+    if not 0 <= valid_pct < 1: raise ValueError(f"valid_pct must be at least 0 and below 1, not {valid_pct}")
     def _inner(items):
         ids = _car_ids(items)
+        if valid_pct == 0: return list(range(len(ids))), []     # a final model: every car trains
         cars = _shuffled_cars(ids, seed)
         if len(cars) < 2: raise ValueError(f"car_splitter: need at least 2 cars to split, found {len(cars)}")
         n_valid = min(max(int(round(valid_pct * len(cars))), 1), len(cars) - 1)

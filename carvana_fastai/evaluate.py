@@ -10,19 +10,21 @@ import numpy as np, pandas as pd, torch, torch.nn.functional as F
 from PIL import Image
 from .core import renamed_kwargs, short_error, Progress
 from .rle import dice_batch
-from .data import carvana_items, car_splitter, load_mask
+from .data import carvana_items, car_splitter, car_fold_splitter, load_mask
 from .images import ImageFiles, collate_images, list_images, read_image
-from .ensemble import _resize, predict_image, probs_to_mask
+from .ensemble import _resize, load_ensemble, predict_image, probs_to_mask
 
 # %% auto #0
-__all__ = ['valid_items', 'boundary_f', 'evaluate_ensemble', 'best_threshold', 'mask_contour', 'save_overlays']
+__all__ = ['valid_items', 'boundary_f', 'evaluate_ensemble', 'best_threshold', 'held_out', 'evaluate_folds', 'fold_threshold',
+           'mask_contour', 'save_overlays']
 
 # %% ../nbs/13_evaluate.ipynb #0f61b735
 _log = logging.getLogger(__name__)
 
 def valid_items(data, valid_pct=0.2, seed=42, items=None) -> pd.DataFrame:
-    "The validation rows of `carvana_items(data)` under `car_splitter(valid_pct, seed)` (the split training used)."
+    "The validation rows of `carvana_items(data)` under `car_splitter(valid_pct, seed)` (the split training used); `valid_pct=1`: every row (a held-out folder)."
     items = carvana_items(data, 'train') if items is None else items.reset_index(drop=True)
+    if valid_pct == 1: return items
     return items.iloc[car_splitter(valid_pct, seed)(items)[1]].reset_index(drop=True)
 
 def _labelled_batches(items, bs, device):
@@ -135,6 +137,55 @@ def best_threshold(ens, data=None, valid_pct=0.2, seed=42, thresholds=None, tta=
     df = pd.DataFrame(dict(threshold=ts, dice=sums / max(n, 1)))
     best = df.iloc[(df.dice.round(9).rank(ascending=False, method='min') == 1).to_numpy().nonzero()[0]]
     return float(best.threshold.iloc[(best.threshold - 0.5).abs().argmin()]), df
+
+# %% ../nbs/13_evaluate.ipynb #5681f402
+def _meta(ck) -> dict:
+    "The checkpoint dict of a path, or the meta of a `(model, meta)` pair."
+    if isinstance(ck, (str, Path)):
+        from .checkpoint import read_checkpoint
+        return read_checkpoint(ck)
+    return ck[1]
+
+def held_out(checkpoint, items) -> pd.DataFrame:
+    "The rows of `items` that `checkpoint` (a path or a `(model, meta)` pair) never trained on: its fold's or split's validation cars."
+    split, items = _meta(checkpoint).get('split') or {}, items.reset_index(drop=True)
+    if 'fold' in split: splitter = car_fold_splitter(split['fold'], split['k'], split.get('seed', 42))
+    else: splitter = car_splitter(split.get('valid_pct', 0.2), split.get('seed', 42))
+    return items.iloc[splitter(items)[1]].reset_index(drop=True)
+
+def _fold_sets(checkpoints, items) -> list:
+    "The held-out rows of each checkpoint; `ValueError` where two of them hold out the same photo."
+    sets, seen = [held_out(ck, items) for ck in checkpoints], set()
+    for s in sets:
+        if seen & set(s['img']): raise ValueError("evaluate_folds: the checkpoints' held-out cars overlap: give the k models of one cross-validation")
+        seen |= set(s['img'])
+    return sets
+
+def evaluate_folds(checkpoints, data=None, items=None, bs=4, progress=True, boundary=(1, 3), **kwargs) -> pd.DataFrame:
+    "The out-of-fold table: each fold model of `checkpoints` scored on the cars it held out, pooled over the photos; `kwargs` go to `load_ensemble`."
+    items = carvana_items(data, 'train') if items is None else items
+    dfs = [evaluate_ensemble(load_ensemble([ck], **kwargs), items=s, valid_pct=1, bs=bs, progress=progress, boundary=boundary)
+           for ck, s in zip(checkpoints, _fold_sets(checkpoints, items))]
+    keep = [i for i, m in enumerate(dfs[0]['model']) if not m.startswith('ensemble (') or 'refiner' in m]   # one member: its ensemble rows repeat it
+    n = np.array([d.attrs['images'] for d in dfs], dtype=float)
+    out = dfs[0].iloc[keep, :].copy().reset_index(drop=True)
+    out['model'] = [f"{len(dfs)} fold models, out of fold" + (' + ' + m.split(' + ', 1)[1] if ' + ' in m else '') for m in out['model']]
+    out['size'] = '/'.join(sorted({s for d in dfs for s in d['size'].iloc[keep] if s}))
+    for c in [c for c in out.columns if c == 'dice' or c.startswith('bf')]:
+        out[c] = sum(d[c].iloc[keep].to_numpy()*k for d, k in zip(dfs, n)) / n.sum()
+    ms = {k: float(sum(d.attrs[k]*w for d, w in zip(dfs, n)) / n.sum()) for k in ('forward_ms', 'forward_tta_ms', 'refine_ms') if k in dfs[0].attrs}
+    out.attrs.update(images=int(n.sum()), cars=sum(d.attrs['cars'] for d in dfs), folds=len(dfs), threshold=dfs[0].attrs['threshold'], **ms)
+    return out
+
+def fold_threshold(checkpoints, data=None, items=None, thresholds=None, tta=True, bs=4, progress=True, **kwargs) -> tuple:
+    "`(best threshold, DataFrame[threshold, dice])` on the out-of-fold maps of `checkpoints` (each model on the cars it held out)."
+    items = carvana_items(data, 'train') if items is None else items
+    curves = [(best_threshold(load_ensemble([ck], **kwargs), items=s, valid_pct=1, thresholds=thresholds, tta=tta, bs=bs, progress=progress)[1], len(s))
+              for ck, s in zip(checkpoints, _fold_sets(checkpoints, items))]
+    df = curves[0][0].assign(dice=sum(c.dice*k for c, k in curves) / sum(k for _, k in curves))
+    best = df.dice.round(9).max()
+    cand = df[df.dice.round(9) == best]
+    return float(cand.threshold.iloc[(cand.threshold - 0.5).abs().argmin()]), df
 
 # %% ../nbs/13_evaluate.ipynb #a66c432e
 def mask_contour(mask, width=1) -> torch.Tensor:
