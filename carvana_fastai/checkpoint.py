@@ -5,23 +5,25 @@
 # %% ../nbs/08_checkpoint.ipynb #91f21aa9
 from __future__ import annotations
 import os
+from importlib import resources
 from pathlib import Path
+import yaml
 import numpy as np, torch
 from fastcore.foundation import L
 from fastai.torch_core import get_model, default_device, num_distrib
 from fastai.data.transforms import Normalize
 from fastai.vision.core import imagenet_stats
 from . import __version__
-from .core import is_int, atomic_write
+from .core import is_int, atomic_write, did_you_mean
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'CKPT_VERSION', 'CKPT_KEYS', 'to_plain', 'atomic_save', 'model_stats', 'save_checkpoint',
-           'read_checkpoint', 'local_device', 'load_checkpoint', 'find_checkpoint', 'check_compatible',
-           'checkpoint_bytes']
+__all__ = ['CKPT_FORMAT', 'CKPT_VERSION', 'CKPT_KEYS', 'SHIPPED_KEYS', 'to_plain', 'atomic_save', 'model_stats',
+           'save_checkpoint', 'read_checkpoint', 'local_device', 'load_checkpoint', 'find_checkpoint',
+           'check_compatible', 'checkpoint_bytes', 'shipped_dir', 'shipped_models', 'shipped_model', 'slim_checkpoint']
 
 # %% ../nbs/08_checkpoint.ipynb #011a5e57
-CKPT_FORMAT, CKPT_VERSION = 'carvana_fastai.checkpoint', 1
-CKPT_KEYS = ('format', 'version', 'model', 'config', 'stats', 'size', 'plan', 'stage', 'epoch', 'opt', 'history', 'carvana_fastai')
+CKPT_FORMAT, CKPT_VERSION = 'carvana_fastai.checkpoint', 1   # what a checkpoint's 'format' and 'version' keys hold
+CKPT_KEYS = ('format', 'version', 'model', 'config', 'stats', 'size', 'plan', 'stage', 'epoch', 'opt', 'history', 'carvana_fastai')   # every key of a checkpoint
 
 # %% ../nbs/08_checkpoint.ipynb #d5ef49b9
 def to_plain(o):
@@ -135,3 +137,29 @@ def checkpoint_bytes(model, with_opt=True, opt_factor=2) -> int:
     p = sum(t.numel()*4 for t in model.parameters())
     b = sum(t.numel()*t.element_size() for t in model.buffers())
     return p*(1 + opt_factor*with_opt) + b + 2**16
+
+# %% ../nbs/08_checkpoint.ipynb #b270a987
+SHIPPED_KEYS = ('members', 'weights', 'tta', 'merge', 'threshold', 'refine', 'about')   # the keys of a shipped model's manifest
+
+def shipped_dir() -> Path:
+    "The folder of the models shipped with the package."
+    return Path(str(resources.files('carvana_fastai')/'models'))
+
+def shipped_models() -> list:
+    "Names of the models shipped with the package (`load_ensemble(name)`, `--models NAME`)."
+    return sorted(p.stem for p in shipped_dir().glob('*.yaml'))
+
+def shipped_model(name) -> dict:
+    "The manifest of shipped model `name`, its members as full paths: members, weights, TTA, merge, threshold, refiner, about."
+    names = shipped_models()
+    if name not in names: raise ValueError(f"no shipped model {name!r}" + did_you_mean(name, names) + f" (shipped: {', '.join(names) or 'none'})")
+    spec = yaml.safe_load((shipped_dir()/f'{name}.yaml').read_text())
+    unknown = set(spec) - set(SHIPPED_KEYS)
+    if unknown: raise ValueError(f"{shipped_dir()/name}.yaml: unknown keys {sorted(unknown)} (known: {', '.join(SHIPPED_KEYS)})")
+    return dict(spec, members=[shipped_dir()/m for m in spec['members']])
+
+def slim_checkpoint(path, out, half=True) -> Path:
+    "A checkpoint to ship from `path`: the weights (fp16 if `half`) and what prediction needs, no optimizer state or history."
+    ck = read_checkpoint(path)
+    model = {k: v.half() if half and v.is_floating_point() else v for k, v in ck['model'].items()}
+    return atomic_save(dict(ck, model=model, opt=None, history=[]), out)
