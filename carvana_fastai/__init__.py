@@ -7,7 +7,7 @@ The module itself: `from carvana_fastai.cutout import ...` or `importlib.import_
 import importlib, sys, types
 
 _modules = ['core', 'rle', 'config', 'data', 'synth', 'bodies', 'unet', 'losses', 'checkpoint', 'train', 'images', 'ensemble',
-            'submission', 'evaluate', 'report', 'workflow', 'cutout', 'export', 'refine']
+            'submission', 'evaluate', 'report', 'preflight', 'workflow', 'cutout', 'export', 'refine']
 
 def _exports(m):
     return getattr(importlib.import_module(f'{__name__}.{m}'), '__all__', [])

@@ -4,18 +4,15 @@
 
 # %% ../nbs/16_cli.ipynb #e0b49720
 from __future__ import annotations
-import argparse, json, re, sys, time, warnings
+import argparse, os, re, sys, warnings
 from pathlib import Path
 from . import __version__
-from .core import UsageError, check_choice, check_writable, parse_size, rank, say, world, fmt_secs
-from .config import REFINE_METHODS, config_yaml, load_config, packaged_configs, read_config
-from .workflow import (check_data, check_layout, check_refiner_file, check_tta, cutout_step, ensemble_step, evaluate_step,
-                                     image_inputs, layout_of, load_items, pick_device, predict_step, preflight, run_all, run_folder, synth_step,
-                                     train_models, train_refiner_step, validate_step)
+from .core import UsageError, parse_size
+from .config import REFINE_METHODS, packaged_configs, read_config
+from .commands import COMMANDS, prog
 
 # %% auto #0
-__all__ = ['build_parser', 'cmd_all', 'cmd_synth', 'cmd_train', 'cmd_evaluate', 'cmd_predict', 'cmd_merge', 'cmd_validate',
-           'cmd_cutout', 'cmd_serve', 'cmd_export', 'cmd_refine_train', 'main']
+__all__ = ['build_parser', 'main']
 
 # %% ../nbs/16_cli.ipynb #13d383d2
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -62,10 +59,6 @@ def _background_arg(s):
     return s
 
 # %% ../nbs/16_cli.ipynb #f4f869d4
-def _prog():
-    p = Path(sys.argv[0]).name
-    return 'python -m carvana_fastai.run' if p in ('run.py', '__main__.py', 'cli.py', '-c', '') or p.startswith('ipykernel') else p
-
 def _group(*args):
     "A parent parser holding the options `args` (lists of (flags, kwargs))."
     p = _Parser(add_help=False)
@@ -230,7 +223,7 @@ def _add_serve(sub, g, d):
 def build_parser() -> argparse.ArgumentParser:
     "The parser of `python -m carvana_fastai.run` and its sub-commands."
     d = read_config('default')
-    parser = _Parser(prog=_prog(), description="Carvana car masks with fastai U-Nets: synthetic data, progressive training, "
+    parser = _Parser(prog=prog(), description="Carvana car masks with fastai U-Nets: synthetic data, progressive training, "
                      "TTA + ensembles, Kaggle submissions, cut-outs. Without a sub-command: `all` on the embedded demo.", **_F)
     parser.add_argument('--version', action='version', version=f'carvana_fastai {__version__}')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND', parser_class=_Parser)
@@ -239,231 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_export, _add_refine_train): add(sub, g, d)
     return parser
 
-# %% ../nbs/16_cli.ipynb #fe47c1ed
-_LAYOUT_ARGS = dict(layout='layout', images='images', masks='masks', mask_suffix='mask_suffix', group='group')
-
-def _overrides(args) -> dict:
-    "The config keys the command line sets: {'data.path': ..., 'data.layout': ...}."
-    o = {'data.path': str(args.data)} if getattr(args, 'data', None) else {}
-    return o | {f'data.{k}': getattr(args, a) for a, k in _LAYOUT_ARGS.items() if getattr(args, a, None) is not None}
-
-def cmd_all(args):
-    "`all`: the whole workflow in one run folder."
-    cfg = load_config(args.config, **_overrides(args))
-    run = run_folder(args.out, cfg['name'], args.resume, args.name, any_name=args.config == 'default')
-    if args.resume and (run/'config.yaml').is_file():      # continue with the run's own config (and any changes given)
-        cfg = load_config(None if args.config == 'default' else args.config, base=run/'config.yaml', **_overrides(args))
-    if args.print_config: return print(config_yaml(cfg), end='')
-    if world() > 1 and not args.name:
-        raise UsageError("under torchrun, `all` needs --name (every process must write to the same run folder)")
-    run_all(cfg, run, args.device, args.resume)
-
-def cmd_synth(args):
-    "`synth`: write a synthetic dataset."
-    check_writable(args.out)
-    try: synth_step(args.out, args.cars, args.views, args.size, args.test_cars, args.seed, overwrite=args.overwrite)
-    except FileExistsError as e: raise UsageError(f"{e} (--overwrite)") from None
-    except ValueError as e: raise UsageError(str(e)) from None
-
-# %% ../nbs/16_cli.ipynb #9bdbbac2
-def _trained_line(infos, out, t0) -> str:
-    return (f"train: {len(infos)} model{'s' if len(infos) > 1 else ''} in {out}: "
-            + ', '.join(f"{i['checkpoint']}" + (f" (valid Dice {i['valid_dice']:.4f})" if i.get('valid_dice') is not None else '') for i in infos)
-            + f" [{fmt_secs(time.time() - t0)}]")
-
-def cmd_train(args):
-    "`train`: the config's models (or `--model` ones) into `--out`."
-    cfg = load_config(args.config, **_overrides(args))
-    if args.print_config: return print(config_yaml(cfg), end='')
-    names = [m['name'] for m in cfg['models']]
-    for n in args.model or []: check_choice(n, names, 'model', err=UsageError)
-    data = cfg['data']['path']
-    if data is None: raise UsageError("train needs --data (or data.path in the config): a dataset folder; `synth` makes one")
-    sel = dict(cfg, models=[m for m in cfg['models'] if not args.model or m['name'] in args.model])
-    device = preflight(sel, data, args.out, args.device, args.resume, args.out)
-    out, t0 = Path(args.out), time.time()
-    if rank() == 0 and (not args.resume or not (out/'config.yaml').exists()): (out/'config.yaml').write_text(config_yaml(cfg))
-    infos = train_models(sel, data, out, args.resume, device)
-    if rank() == 0: say(_trained_line(infos, out, t0))
-
-# %% ../nbs/16_cli.ipynb #2264743f
-def _check_ckpts(ckpts):
-    "`UsageError` unless each checkpoint given on the command line is a file."
-    for c in ckpts:
-        if not Path(c).is_file(): raise UsageError(f"checkpoint {c} does not exist" + (" (a model folder? pass its model.pth)" if Path(c).is_dir() else ''))
-
-def _onnx_ensemble(args, refiner=None):
-    "The `OnnxEnsemble` of `--engine onnx`: one .onnx file from `export` (with `refiner` after it)."
-    if len(args.models) != 1 or not str(args.models[0]).endswith('.onnx'):
-        raise UsageError(f"--engine onnx takes one .onnx file made by `export` as --models, not {' '.join(map(str, args.models))}")
-    try: from carvana_fastai.export import OnnxEnsemble
-    except ImportError as e: raise UsageError(f"--engine onnx needs onnxruntime (pip install carvana_fastai[onnx]): {e}") from None
-    t = getattr(args, 'threshold', None)
-    try: return OnnxEnsemble(args.models[0], threshold=None if t in (None, 'best') else t, refiner=refiner)
-    except (ImportError, ValueError) as e: raise UsageError(' '.join(str(e).split())) from None
-
-def _refine_method(args) -> str:
-    "The method of `--refine` and `--refiner`, checked (the refiner's file read) before any model is loaded."
-    method = args.refine or ('learned' if args.refiner else 'none')
-    if args.refiner and method != 'learned':
-        raise UsageError(f"--refiner is the learned refiner's checkpoint: use it with --refine learned, not --refine {method}")
-    if method == 'learned' and not args.refiner:
-        raise UsageError("--refine learned needs --refiner FILE, the refiner's checkpoint (`refine-train` makes one)")
-    if method != 'none' and args.merge != 'mean':
-        raise UsageError(f"--refine {method} refines the mean merge's probabilities, not --merge {args.merge}'s vote")
-    check_refiner_file(args.refiner, '--refiner')
-    return method
-
-def _refiner_from_args(args, device):
-    "The refiner of `--refine` and `--refiner` (None for none), on `device` (the CPU for --engine onnx)."
-    method = _refine_method(args)
-    if method == 'none': return None
-    from carvana_fastai.refine import get_refiner
-    return get_refiner(method, args.refiner, 'cpu' if getattr(args, 'engine', 'torch') == 'onnx' else device)
-
-def _ens_from_args(args, device):
-    "The ensemble of the command's `--models` with `--engine`, and the refiner of `--refine` after it."
-    refiner = _refiner_from_args(args, device)
-    if getattr(args, 'engine', 'torch') == 'onnx': return _onnx_ensemble(args, refiner)
-    onnx = [m for m in args.models if str(m).endswith('.onnx')]
-    if onnx: raise UsageError(f"{onnx[0]} is an ONNX graph: run it with --engine onnx")
-    try: return ensemble_step(args.models, args.tta, args.weights, args.merge, getattr(args, 'threshold', None) or 0.5, device, refiner)
-    except ValueError as e: raise UsageError(' '.join(str(e).split())) from None
-
-def _torch_only(args, what):
-    if getattr(args, 'engine', 'torch') != 'torch': raise UsageError(f"{what} runs on --engine torch only for now (it needs each member's own maps)")
-
-def _layout_args(args) -> dict:
-    return {k: getattr(args, a) for a, k in _LAYOUT_ARGS.items() if getattr(args, a, None) is not None}
-
-# %% ../nbs/16_cli.ipynb #0cb6894d
-def cmd_evaluate(args):
-    "`evaluate`: the paper's table for the given checkpoints."
-    _torch_only(args, 'evaluate')
-    _check_ckpts(args.models)
-    lay = _layout_args(args)
-    data = check_data(args.data, 'train', **{k: v for k, v in lay.items() if k in ('layout', 'images', 'masks')})
-    device = pick_device(args.device)
-    if args.out: check_writable(args.out)
-    ens = _ens_from_args(args, device)
-    from carvana_fastai.checkpoint import read_checkpoint
-    split = read_checkpoint(args.models[0]).get('split') or {}
-    valid_pct = args.valid_pct if args.valid_pct is not None else split.get('valid_pct', 0.2)
-    seed = args.seed if args.seed is not None else split.get('seed', 42)
-    items = load_items(data, **lay) if lay.get('layout', 'carvana') != 'carvana' else None
-    evaluate_step(ens, data, valid_pct, seed, args.bs, args.out, best=args.threshold == 'best', items=items)
-
-# %% ../nbs/16_cli.ipynb #a7634ef0
-def cmd_predict(args):
-    "`predict`: a submission (or one shard of it)."
-    _check_ckpts(args.models)
-    data = check_data(args.data, 'test')
-    check_writable(Path(args.out).parent)
-    if args.threshold == 'best': raise UsageError("predict: --threshold best needs the validation cars: run `evaluate --threshold best` and pass its number")
-    device = pick_device(args.device)
-    ens = _ens_from_args(args, device)
-    s = predict_step(ens, data, args.out, args.bs, args.workers, args.shard, args.resume, args.gzip)
-    if args.shard: say(f"predict: shard {args.shard} done; when every shard is: {_prog()} merge-shards <the shard CSVs> --data {data}")
-    elif not validate_step(s['out'], data)['ok']: return 1
-
-# %% ../nbs/16_cli.ipynb #d76cfff8
-def cmd_merge(args):
-    "`merge-shards`: one submission from the shards."
-    from carvana_fastai.submission import merge_shards
-    for p in args.parts:
-        if not Path(p).is_file(): raise UsageError(f"shard file {p} does not exist")
-    data = check_data(args.data, 'test') if args.data else None
-    sample = data/'sample_submission.csv' if data is not None and (data/'sample_submission.csv').is_file() else None
-    out = merge_shards(args.parts, args.out, sample_submission=sample, data=data)
-    say(f"merge-shards: {len(args.parts)} shards -> {out}")
-    if data is not None and not validate_step(out, data)['ok']: return 1
-
-def cmd_validate(args):
-    "`validate-submission`: exit code 0 when the CSV is a valid submission, 1 when not."
-    if not Path(args.csv).is_file(): raise UsageError(f"submission {args.csv} does not exist")
-    data = check_data(args.data, 'test')
-    return 0 if validate_step(args.csv, data, limit=args.limit)['ok'] else 1
-
-# %% ../nbs/16_cli.ipynb #55a4eaf8
-_CKPT_EXTS = ('.pth', '.pt', '.ckpt', '.safetensors', '.onnx')
-
-def _split_models(models, inputs):
-    "(checkpoints, inputs): with no INPUT after the options, the values after the last checkpoint file in `models`."
-    if inputs: return models, inputs
-    last = max((i for i, m in enumerate(models) if Path(m).suffix.lower() in _CKPT_EXTS), default=len(models) - 1)
-    return models[:last+1], models[last+1:]
-
-def cmd_cutout(args):
-    "`cutout`: the photos without their background."
-    args.models, inputs = _split_models(args.models, args.inputs)
-    if not inputs: raise UsageError("cutout needs photos: INPUT... (files, folders, globs, or - for paths on stdin)")
-    _check_ckpts(args.models)
-    images = image_inputs(inputs)
-    check_writable(args.out)
-    device = pick_device(args.device)
-    ens = _ens_from_args(args, device)
-    s = cutout_step(ens, images, args.out, background=args.background, alpha=args.alpha, mask_only=args.mask_only,
-                    format=args.format, resume=args.resume, bs=args.bs, workers=args.workers, threshold=args.threshold,
-                    max_pixels=args.max_pixels)
-    return 1 if s['failed'] else 0
-
-# %% ../nbs/16_cli.ipynb #79d004fa
-def cmd_serve(args):
-    "`serve`: the page and the API until Ctrl-C or SIGTERM."
-    _check_ckpts(args.models)
-    try: from carvana_fastai.serve import serve, check_port
-    except ImportError as e: raise UsageError(str(e)) from None
-    check_port(args.host, args.port)
-    device = pick_device(args.device)
-    ens = _ens_from_args(args, device)
-    serve(ens, args.host, args.port, models=args.models, max_pixels=args.max_pixels, max_bytes=args.max_bytes, workers=args.workers)
-
-# %% ../nbs/16_cli.ipynb #98022fc0
-def cmd_export(args):
-    "`export`: the ensemble as an ONNX graph with its JSON."
-    _torch_only(args, 'export')
-    if args.refine not in (None, 'none') or args.refiner:
-        raise UsageError("export: a refiner is PyTorch and is not part of the graph; pass --refine to the command that runs the "
-                         ".onnx file (predict, cutout or serve with --engine onnx)")
-    _check_ckpts(args.models)
-    if not str(args.out).endswith('.onnx'): raise UsageError(f"--out {args.out}: the export's name must end with .onnx")
-    check_writable(Path(args.out).parent)
-    try: from carvana_fastai.export import export_onnx
-    except ImportError as e: raise UsageError(f"export needs onnx and onnxruntime (pip install carvana_fastai[onnx]): {e}") from None
-    ens = _ens_from_args(args, 'cpu')
-    try: out = export_onnx(ens, args.out, opset=args.opset, check=not args.no_check)
-    except ImportError as e: raise UsageError(f"export needs onnx, onnxscript and onnxruntime (pip install carvana_fastai[onnx]): {e}") from None
-    check = json.loads(out.with_suffix('.json').read_text()).get('check')
-    say(f"export: {out} ({out.stat().st_size/2**20:.1f} MiB)" + (f"; onnxruntime vs PyTorch: {check}" if check else ''))
-
-# %% ../nbs/16_cli.ipynb #4cce7ba8
-def _or(v, default): return default if v is None else v
-
-def cmd_refine_train(args):
-    "`refine-train`: a learned refiner from a dataset's training photos, into `--out`."
-    cfg = load_config(args.config, **_overrides(args))
-    if args.print_config: return print(config_yaml(cfg), end='')
-    d, r = cfg['data'], cfg['refine']
-    if d['path'] is None: raise UsageError("refine-train needs --data (or data.path in the config): a dataset folder with masks; `synth` makes one")
-    data = check_layout(d['path'], d)
-    check_writable(Path(args.out).parent)
-    if args.models: _check_ckpts(args.models)
-    ens = ensemble_step(args.models, cfg['ensemble']['tta'], device=pick_device(args.device)) if args.models else None
-    out = train_refiner_step(load_items(data, **layout_of(d)), args.out, _or(args.valid_pct, d['valid_pct']), _or(args.seed, d['seed']),
-                             _or(args.photos, r['photos']), _or(args.steps, r['steps']), _or(args.size, r['size']), what='refine-train',
-                             ensemble=ens)
-    say(f"refine-train: use it with --refine learned --refiner {out} (evaluate, predict, cutout, serve), "
-        f"or refine: {{method: learned, checkpoint: {out}}} in a config")
-
 # %% ../nbs/16_cli.ipynb #3abaab0c
 def _one_line(e): return ' '.join(str(e).split())
 
 def _run(args, prog) -> int:
-    import os
-    cmds = {'all': cmd_all, 'synth': cmd_synth, 'train': cmd_train, 'evaluate': cmd_evaluate, 'predict': cmd_predict,
-            'merge-shards': cmd_merge, 'validate-submission': cmd_validate, 'cutout': cmd_cutout,
-            'serve': cmd_serve, 'export': cmd_export, 'refine-train': cmd_refine_train}
-    try: return cmds[args.command](args) or 0
+    try: return COMMANDS[args.command](args) or 0
     except UsageError as e:
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr, flush=True)
         return 2

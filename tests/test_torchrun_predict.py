@@ -1,7 +1,7 @@
-"Prediction under `torchrun` on CPU (2 processes): each rank predicts its shard, rank 0 merges; a rank that dies leaves resumable parts."
+"Prediction under `torchrun` on CPU (2 processes): each rank predicts its shard, rank 0 merges; a rank that dies leaves resumable parts; the command line's `predict` exits 0 on every rank."
 import json, os, socket, subprocess, sys
 from pathlib import Path
-import pytest
+import pytest, torch
 from carvana_fastai.submission import predict_folder
 from tiny_models import tiny_ensemble, test_dir
 
@@ -50,3 +50,27 @@ def test_a_rank_that_dies_resumes(test_dir, tmp_path, single):
     s = summaries(r.stdout)
     assert s[0]['kept'] >= 2 and s[0]['predicted'] + s[0]['kept'] == len(list(test_dir.glob('*.jpg')))
     assert out.read_bytes() == single
+
+def random_checkpoint(path, size=(32, 48)):
+    "A checkpoint of a random-weight lean U-Net (efficientnet_lite0 body) at `size`, as training writes it."
+    from carvana_fastai import __version__
+    from carvana_fastai.bodies import body_stats
+    from carvana_fastai.checkpoint import CKPT_FORMAT, CKPT_VERSION, atomic_save
+    from carvana_fastai.unet import carvana_unet
+    torch.manual_seed(0)
+    m = carvana_unet('efficientnet_lite0', img_size=size, pretrained=False)
+    stats = [[float(v) for v in s] for s in body_stats('efficientnet_lite0')]
+    return atomic_save(dict(format=CKPT_FORMAT, version=CKPT_VERSION, model=m.state_dict(), config=m.config, stats=stats,
+                            size=list(size), plan=None, stage=None, epoch=None, opt=None, history=[], carvana_fastai=__version__), path)
+
+def test_cli_predict_every_rank_exits_0(tiny_carvana, tmp_path):
+    "`torchrun ... -m carvana_fastai.run predict` as the README gives it: every rank exits 0 (rank 1 once validated a submission only rank 0 holds)."
+    from carvana_fastai.ensemble import load_ensemble
+    ckpt, out = random_checkpoint(tmp_path/'m.pth'), tmp_path/'sub.csv'
+    r = torchrun('cli', 'predict', '--data', tiny_carvana, '--models', ckpt, '--tta', 'hflip', '--bs', 2, '--out', out)
+    codes = {int(l.split()[1]): int(l.split()[3]) for l in r.stdout.splitlines() if l.startswith('rank ') and ' exit ' in l}
+    assert codes == {0: 0, 1: 0} and r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert 'validate-submission: submission' in r.stdout and ': OK' in r.stdout
+    one = predict_folder(load_ensemble([ckpt], tta='hflip', device='cpu'), tiny_carvana/'test', tmp_path/'one.csv', bs=2, workers=0,
+                         sample_submission=tiny_carvana/'sample_submission.csv', progress=False)
+    assert out.read_bytes() == Path(one['out']).read_bytes()        # the one-process submission, in sample_submission order

@@ -1,4 +1,6 @@
-"""Launched by tests/test_torchrun_predict.py as `torchrun --nproc_per_node 2 tests/torchrun_predict.py IMAGES OUT_CSV MODE [RESUME] [DIE]`.
+"""Launched by tests/test_torchrun_predict.py as `torchrun --nproc_per_node 2 tests/torchrun_predict.py IMAGES OUT_CSV MODE [RESUME] [DIE]`,
+or as `torchrun --nproc_per_node 2 tests/torchrun_predict.py cli ARGS...`: the command line `python -m carvana_fastai.run ARGS`
+on every rank, each printing its exit code (`rank R exit N`) before it exits with it.
 
 Every rank predicts with the same tiny ensemble through `submission.predict_folder` (no shard: under torchrun each rank
 takes its own and rank 0 merges). MODE `gloo` starts a process group (rank 0 waits at a barrier), `files` does not
@@ -31,4 +33,13 @@ def main(images, out, mode, resume='0', die='0'):
     os.write(1, (line + '\n').encode())          # one write: the ranks share stdout, and print's text and newline are two
     if mode == 'gloo': dist.destroy_process_group()
 
-if __name__ == '__main__': main(*sys.argv[1:])
+def cli(*args):
+    from carvana_fastai.cli import main as cli_main
+    torch.set_num_threads(1)
+    code = cli_main(list(args))
+    os.write(1, f"rank {os.environ['RANK']} exit {code}\n".encode())
+    sys.exit(code)
+
+if __name__ == '__main__':
+    if sys.argv[1] == 'cli': cli(*sys.argv[2:])
+    else: main(*sys.argv[1:])
