@@ -107,14 +107,15 @@ def main(out, smoke=False):
 
     def onnx():
         from carvana_fastai.ensemble import load_ensemble
-        from carvana_fastai.export import export_onnx, check_onnx, ensemble_graph, check_photos
+        from carvana_fastai.export import export_onnx, check_onnx, check_photos
         ens = load_ensemble([str(ck)], tta='hflip', device='cpu', mixed_precision=False)
         f = export_onnx(ens, out/'ensemble.onnx', photos=check_photos([(1280, 1918) if not smoke else (96, 144), (75, 113)], n=1))
         r = dict(cpu=json.loads(f.with_suffix('.json').read_text())['check'])
         import onnxruntime as ort
         if 'CUDAExecutionProvider' in ort.get_available_providers() and not smoke:
-            r['cuda'] = check_onnx(f, ensemble_graph(ens), check_photos([(1280, 1918)], n=2), ens.threshold, ens.merge,
-                                   providers=['CUDAExecutionProvider', 'CPUExecutionProvider'], device='cuda')
+            ens_cuda = load_ensemble([str(ck)], tta='hflip', device='cuda', mixed_precision=False)
+            r['cuda'] = check_onnx(f, ens_cuda, check_photos([(1280, 1918)], n=2),
+                                   providers=['CUDAExecutionProvider', 'CPUExecutionProvider'])
         return r
     if ck.is_file(): step('onnx', onnx)
 

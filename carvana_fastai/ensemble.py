@@ -124,10 +124,7 @@ class TTA(nn.Module):
 
 # %% ../nbs/11_ensemble.ipynb #fabfb05d
 def _resize_images(x, size) -> torch.Tensor:
-    "uint8 (or 0-255 float) images (B,3,H,W) resized to `size`, as float32 0-255."
-    if tuple(x.shape[-2:]) == tuple(size): return x.float()
-    if x.dtype == torch.uint8 and x.device.type == 'cpu':
-        return _resize(x.contiguous(memory_format=torch.channels_last), size, antialias=True).float()
+    "uint8 (or 0-255 float) images (B,3,H,W) resized to `size` in float32 0-255, on every device as in the exported graph."
     return _resize(x.float(), size)
 
 class Member(nn.Module):

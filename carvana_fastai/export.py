@@ -11,7 +11,7 @@ from .core import atomic_write
 
 # %% auto #0
 __all__ = ['ONNX_FORMAT', 'plain_model', 'ensemble_graph', 'check_photos', 'onnx_meta', 'onnx_session', 'check_onnx',
-           'export_onnx', 'OnnxEnsemble']
+           'eager_copy', 'export_onnx', 'OnnxEnsemble']
 
 # %% ../nbs/20_export.ipynb #0cb35e4b
 def plain_model(model):
@@ -51,10 +51,11 @@ def ensemble_graph(ens, tta=True):
 
         def forward(self, photos):
             size, x = photos.shape[-2:], photos.float()
+            if self.merge == 'vote':         # each member's vote at the photo's size, as `Ensemble.combine` counts it
+                return sum(w*(resize(self.member(i, x), size) > self.threshold).float() for i, w in enumerate(self.weights))
             sums = {}
             for i, w in enumerate(self.weights):
                 p = self.member(i, x)
-                if self.merge == 'vote': p = (p > self.threshold).float()
                 s = self.sizes[i]
                 sums[s] = p*w if s not in sums else sums[s] + p*w
             out = None
@@ -64,7 +65,7 @@ def ensemble_graph(ens, tta=True):
     return EnsembleGraph(ens).eval()
 
 # %% ../nbs/20_export.ipynb #d9db52a7
-def check_photos(sizes=((75, 113), (96, 160)), n=2, seed=0) -> list:
+def check_photos(sizes=((75, 113), (1280, 1918)), n=1, seed=0) -> list:
     "Synthetic uint8 photos (n,3,h,w) as numpy arrays, one batch per size in `sizes`: a dark blob on a light studio."
     rng, out = np.random.default_rng(seed), []
     for h, w in sizes:
@@ -133,20 +134,28 @@ def onnx_session(path, providers=None, threads=None):
     so.log_severity_level = 3
     return ort.InferenceSession(str(path), so, providers=providers or ['CPUExecutionProvider'])
 
-def check_onnx(path, graph, photos, threshold=0.5, merge='mean', providers=None, device='cpu') -> dict:
-    "Max |probability difference| and the fraction of differing mask pixels between the ONNX file and the torch `graph` on `photos`."
+def check_onnx(path, ens, photos, tta=True, providers=None) -> dict:
+    "Max |probability difference| and the fraction of differing mask pixels between the ONNX file and the eager `Ensemble` `ens` (no refiner) on `photos`."
     import torch
     sess, diff, bad, n = onnx_session(path, providers), 0., 0, 0
-    t = 0.5 if merge == 'vote' else threshold
-    graph = graph.to(device)
+    t = 0.5 if ens.merge == 'vote' else ens.threshold
     for p in photos:
         a = sess.run(None, {'photos': np.ascontiguousarray(p)})[0]
-        with torch.inference_mode(): b = graph(torch.from_numpy(p).to(device)).float().cpu().numpy()
+        x = torch.from_numpy(p).to(ens.device)
+        with torch.inference_mode(): b, m = ens(x, tta=tta, refine=False).float().cpu().numpy(), ens.masks(x, tta=tta).cpu().numpy()
         if a.shape != b.shape: raise ValueError(f"{path}: onnxruntime gives shape {a.shape}, PyTorch {b.shape}")
         diff = max(diff, float(np.abs(a - b).max()))
-        bad += int(((a > t) != (b > t)).sum()); n += a.size
+        bad += int(((a[:, 0] > t) != m.astype(bool)).sum()); n += m.size
     return dict(max_diff=diff, mask_diff=bad/max(n, 1), photos=sum(len(p) for p in photos),
-                sizes=[list(p.shape[-2:]) for p in photos])
+                sizes=[list(p.shape[-2:]) for p in photos], against=f"eager PyTorch ensemble ({ens.device.type}, float32)")
+
+def eager_copy(ens):
+    "A CPU float32 copy of the `Ensemble` `ens` without its refiner: the eager ensemble an export is checked against."
+    import copy
+    from carvana_fastai.ensemble import Ensemble
+    members = [copy.deepcopy(m).float() for m in ens.members]
+    return Ensemble(members, ens.weights, ens.merge, ens.threshold).prepare('cpu', mixed_precision=False)
+
 
 # %% ../nbs/20_export.ipynb #3950aacd
 def export_onnx(ens, out, opset=18, check=True, photos=None, tta=True, atol=1e-4, mask_tol=1e-5) -> Path:
@@ -170,9 +179,9 @@ def export_onnx(ens, out, opset=18, check=True, photos=None, tta=True, atol=1e-4
             raise ValueError(f"the ensemble cannot be exported to ONNX (each member alone can): {_why(e)}") from e
         meta.update(onnx_meta(ens, tta, opset))
         if check:
-            r = check_onnx(tmp_out, graph, photos, ens.threshold, ens.merge)
-            if r['max_diff'] > atol or r['mask_diff'] > mask_tol:
-                raise ValueError(f"{out}: onnxruntime and PyTorch disagree on the check photos: max |prob diff| "
+            r = check_onnx(tmp_out, eager_copy(ens), photos, tta)
+            if (r['max_diff'] > atol and ens.merge == 'mean') or r['mask_diff'] > mask_tol:     # a vote's map counts votes: masks only
+                raise ValueError(f"{out}: onnxruntime and the PyTorch ensemble disagree on the check photos: max |prob diff| "
                                  f"{r['max_diff']:.2e} (limit {atol:g}), masks differ in {r['mask_diff']:.2e} of pixels (limit {mask_tol:g})")
             meta['check'] = r
     atomic_write(out, write)

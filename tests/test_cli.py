@@ -162,7 +162,7 @@ def test_steps_end_to_end(tmp_path, cli_data):
     from carvana_fastai.rle import rle_decode, dice
     shape = image_shape(cli_data/'test'/torch_rows[0][0])
     dices = [dice(rle_decode(a[1], shape), rle_decode(b[1], shape)) for a, b in zip(torch_rows, onnx_rows)]
-    assert min(dices) > 0.98, dices            # ONNX resizes in float, the CPU ensemble in uint8: masks differ at a few edge pixels
+    assert min(dices) > 0.9999, dices          # the same arithmetic in both engines: float rounding apart
 
     broken = tmp_path/'broken.csv'
     broken.write_text('\n'.join(l for l in sub.read_text().splitlines()[:-1]) + '\n')      # one image missing
@@ -231,7 +231,7 @@ def test_all_steps_with_onnx_engine(tmp_path, tiny_carvana):
     rows_t, rows_o = read_rows(sub_t)[1:], read_rows(sub_o)[1:]
     assert [r[0] for r in rows_t] == [r[0] for r in rows_o]
     shape = image_shape(tiny_carvana/'test'/rows_t[0][0])
-    assert min(dice(rle_decode(a[1], shape), rle_decode(b[1], shape)) for a, b in zip(rows_t, rows_o)) > 0.98
+    assert min(dice(rle_decode(a[1], shape), rle_decode(b[1], shape)) for a, b in zip(rows_t, rows_o)) > 0.9999
 
 # --- your own photos: the folders layout -----------------------------------------------------------------------------
 

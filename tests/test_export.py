@@ -29,14 +29,42 @@ def test_parity_at_dynamic_sizes(exported, shape):
     assert (ox.masks(x) != (b[:, 0] > 0.45)).mean() <= 1e-5
 
 def test_close_to_the_eager_ensemble(exported):
-    "Against `Ensemble` itself: float photos (its CUDA path) agree to 1e-4; uint8 photos on the CPU differ only by uint8 resize rounding."
+    "Against `Ensemble` itself on uint8 photos (what `predict` runs on the CPU): the same arithmetic, so float rounding apart."
     ens, f = exported
     ox = OnnxEnsemble(f)
     x = check_photos([(75, 113)], n=2)[0]
     with torch.inference_mode():
-        assert np.abs(ox(x) - ens(torch.from_numpy(x).float()).numpy()).max() <= 1e-4
-        assert np.abs(ox(x) - ens(torch.from_numpy(x)).numpy()).max() <= 2e-2
-        assert (ox.masks(x) != ens.masks(torch.from_numpy(x)).numpy()).mean() <= 1e-2
+        assert np.abs(ox(x) - ens(torch.from_numpy(x)).numpy()).max() <= 1e-5
+        assert np.abs(ox(x) - ens(torch.from_numpy(x).float()).numpy()).max() <= 1e-5
+        assert (ox.masks(x) != ens.masks(torch.from_numpy(x)).numpy()).mean() <= 1e-5
+
+class Unsure(nn.Module):
+    "A model unsure everywhere: a tenth of `tiny_model`'s logits, so nearly every pixel sits near probability 0.5."
+    def __init__(self, seed): super().__init__(); self.m = tiny_model(seed)
+    def forward(self, x): return self.m(x)*0.1
+
+def test_engines_agree_at_full_size(tmp_path):
+    "The submissions of `predict` with the PyTorch ensemble and with its ONNX export agree on 1280x1918 photos, even for an unsure model."
+    from carvana_fastai.submission import predict_folder
+    from carvana_fastai.rle import rle_decode, dice
+    from PIL import Image
+    import pandas as pd
+    ens = load_ensemble([(Unsure(0).eval(), dict(stats=STATS, size=(64, 96))), (Unsure(1).eval(), dict(stats=STATS, size=(48, 72)))],
+                        tta='hflip', device='cpu')
+    f = export_onnx(ens, tmp_path/'ens.onnx')
+    (tmp_path/'test').mkdir()
+    photos = check_photos([(1280, 1918)], n=3, seed=1)[0]
+    for i, p in enumerate(photos): Image.fromarray(p.transpose(1, 2, 0)).save(tmp_path/'test'/f'car{i}.jpg', quality=95)
+    with torch.inference_mode(): pt = ens(torch.from_numpy(photos))
+    assert ((pt - 0.5).abs() < 0.01).float().mean() > 0.9 and 0.2 < (pt > 0.5).float().mean() < 0.8   # unsure, yet masks with a car
+    assert np.abs(OnnxEnsemble(f)(photos) - pt.numpy()).max() <= 1e-5
+    subs = [pd.read_csv(predict_folder(e, tmp_path/'test', tmp_path/f'{n}.csv', bs=2, workers=0, progress=False)['out'], keep_default_na=False)
+            for n, e in (('torch', ens), ('onnx', OnnxEnsemble(f)))]
+    assert list(subs[0].img) == list(subs[1].img) == [f'car{i}.jpg' for i in range(3)]
+    dices = [dice(rle_decode(a, (1280, 1918)), rle_decode(b, (1280, 1918))) for a, b in zip(subs[0].rle_mask, subs[1].rle_mask)]
+    assert min(dices) > 0.9999, dices
+    meta = json.loads(f.with_suffix('.json').read_text())['check']      # export's own check: the eager ensemble at full size
+    assert [1280, 1918] in meta['sizes'] and 'eager' in meta['against'] and meta['max_diff'] <= 1e-4
 
 def test_json(exported):
     ens, f = exported
@@ -47,7 +75,7 @@ def test_json(exported):
     assert [m['size'] for m in meta['members']] == [[32, 48], [40, 48]]
     assert all(m['tta'] == ['identity', 'hflip'] and m['tta_merge'] == 'mean' for m in meta['members'])
     assert meta['members'][0]['stats'] == [pytest.approx(s) for s in STATS]
-    assert meta['check']['max_diff'] <= 1e-4 and meta['check']['mask_diff'] <= 1e-5
+    assert meta['check']['max_diff'] <= 1e-4 and meta['check']['mask_diff'] <= 1e-5 and meta['check']['sizes'] == [[75, 113], [1280, 1918]]
     assert meta['input']['dtype'] == 'uint8' and meta['input']['shape'] == ['batch', 3, 'height', 'width']
 
 def test_vote_weights_scales_and_no_tta(tmp_path):
