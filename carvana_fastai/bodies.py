@@ -18,7 +18,7 @@ __all__ = ['imagenet_stats', 'half_stats', 'BODIES', 'Body', 'cut_children', 'cu
            'unet_encoder', 'stage_info', 'n_decoder_blocks', 'list_bodies']
 
 # %% ../nbs/05_bodies.ipynb #8b5c225b
-imagenet_stats = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+imagenet_stats = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])   # (mean, std) of ImageNet, for torchvision-style bodies
 half_stats = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])  # TF-style inputs in [-1, 1]: Inception, EfficientNet-Lite
 
 # %% ../nbs/05_bodies.ipynb #0aecf2e2
@@ -101,7 +101,7 @@ class BodySpec:
     fetch: Callable | None = None  # () -> local path of the ImageNet weights (downloads when online, else says which file to pass)
     convert: Callable | None = None  # (state_dict, target shapes, fname) -> state_dict in the classifier's naming
 
-BODIES = {}
+BODIES = {}   # the registry of bodies: name -> BodySpec (`register_body` adds one, `list_bodies` lists them)
 
 def _stats(spec):
     "The spec's (mean, std), computed on first use when it is a function (timm's `pretrained_cfg`)."

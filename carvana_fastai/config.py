@@ -17,9 +17,9 @@ __all__ = ['STAGE_DEFAULTS', 'ONE_CYCLE_KEYS', 'STAGE_KEYS', 'PLANS', 'MODEL_DEF
            'check_keys', 'load_config', 'config_yaml']
 
 # %% ../nbs/02_config.ipynb #89f30f68
-STAGE_DEFAULTS = dict(epochs=2, lr=1e-3, bs=8, freeze=False)
-ONE_CYCLE_KEYS = ('pct_start', 'wd', 'div', 'div_final', 'moms')
-STAGE_KEYS = ('size', *STAGE_DEFAULTS, *ONE_CYCLE_KEYS)
+STAGE_DEFAULTS = dict(epochs=2, lr=1e-3, bs=8, freeze=False)   # a plan stage's values where the stage leaves them out
+ONE_CYCLE_KEYS = ('pct_start', 'wd', 'div', 'div_final', 'moms')   # optional stage keys passed on to fastai's fit_one_cycle
+STAGE_KEYS = ('size', *STAGE_DEFAULTS, *ONE_CYCLE_KEYS)   # every key a plan stage may hold
 
 # %% ../nbs/02_config.ipynb #4e034269
 def _check_size(v, where):
@@ -84,7 +84,7 @@ def single_plan(size=CARVANA_SHAPE, epochs=2, lr=1e-3, bs=8, freeze=False, **kwa
     return progressive_plan([size], epochs=epochs, lr=lr, bs=bs, freeze=freeze, **kwargs)
 
 # %% ../nbs/02_config.ipynb #10295967
-PLANS = dict(progressive=[(160, 240), (320, 480), (640, 960), CARVANA_SHAPE],
+PLANS = dict(progressive=[(160, 240), (320, 480), (640, 960), CARVANA_SHAPE],   # named plans: their stage sizes at Carvana's full size (`get_plan` scales them)
              single=[CARVANA_SHAPE],
              hierarchical=[(1024, 1024), (1152, 1152), (1280, 1792)])
 
@@ -142,17 +142,17 @@ def merge_config(base, over) -> dict:
     return out
 
 # %% ../nbs/02_config.ipynb #f519ed54
-MODEL_DEFAULTS = dict(name=None, body='efficientnet_lite0', fusion='concat', decoder='lean', pretrained=True,
+MODEL_DEFAULTS = dict(name=None, body='efficientnet_lite0', fusion='concat', decoder='lean', pretrained=True,   # a model's settings where its config leaves them out
                       weights=None, loss='bce_dice', seed=0, plan=None)
 
-MODEL_SCHEMA = dict(name='name', body='str', fusion='str', decoder='str', pretrained='bool', weights='path?',
+MODEL_SCHEMA = dict(name='name', body='str', fusion='str', decoder='str', pretrained='bool', weights='path?',   # the type of each key of a model in a config
                     loss='str', seed='int?', plan='plan')
 
-LAYOUTS = ('carvana', 'folders')
+LAYOUTS = ('carvana', 'folders')        # dataset layouts: Kaggle's, or a folder of photos and a folder of masks
 ENGINES = ('torch', 'onnx')        # what runs the ensemble: PyTorch, or onnxruntime on an exported graph
 REFINE_METHODS = ('none', 'guided', 'learned')   # `refine.REFINE_METHODS`, kept here so the config needs no torch
 
-CONFIG_SCHEMA = dict(
+CONFIG_SCHEMA = dict(   # the type of each key of a run's config, section by section (`check_config`)
     name='name',
     data=dict(path='path?', layout='layout', images='path', masks='path', mask_suffix='str?', group='regex?',
               valid_pct='fraction', seed='int'),

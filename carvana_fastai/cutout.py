@@ -110,7 +110,7 @@ def ensemble_probs(ens, x, tta=True, threshold=None, multiple=32) -> torch.Tenso
     return ens.refine(x, ens.combine(probs, shape, threshold), threshold)       # refined at full resolution if `ens` has a refiner
 
 # %% ../nbs/18_cutout.ipynb #d7c2df0d
-ALPHAS = ('soft', 'hard')
+ALPHAS = ('soft', 'hard')   # alpha modes: probabilities mapped around the threshold, or the thresholded mask
 
 def _check_band(band):
     if not (isinstance(band, (int, float)) and 0 < band <= 1): raise ValueError(f"band must be a number in (0, 1], not {band!r}")
@@ -267,7 +267,7 @@ def on_checkerboard(rgba, square=8) -> Image.Image:
 _log = logging.getLogger(__name__)
 
 def _warn(msg): print(msg, file=sys.stderr, flush=True)   # a problem: one line on stderr
-FORMATS = dict(png=('PNG', '.png', dict(compress_level=1)), webp=('WEBP', '.webp', dict(quality=90, method=2)),
+FORMATS = dict(png=('PNG', '.png', dict(compress_level=1)), webp=('WEBP', '.webp', dict(quality=90, method=2)),   # file format -> (PIL format, extension, save options)
                jpg=('JPEG', '.jpg', dict(quality=92)), jpeg=('JPEG', '.jpg', dict(quality=92)))
 
 def photo_files(images) -> list:

@@ -17,7 +17,7 @@ from .core import short_error, image_shape
 __all__ = ['IMAGE_EXTS', 'read_image', 'ImageFiles', 'collate_images', 'list_images', 'image_shape']
 
 # %% ../nbs/10_images.ipynb #f296ef5a
-IMAGE_EXTS = ('.jpg', '.jpeg', '.png')
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png')   # the photos `list_images` finds in a folder
 _all_ = ['image_shape']     # core's (h, w) from the file header, the size of a photo without decoding it
 
 def read_image(fn) -> torch.Tensor:

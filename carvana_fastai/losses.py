@@ -146,7 +146,7 @@ class BoundaryBCEIoULoss(SegLoss):
         return bce + self.iou_weight*(1 - soft_iou(x, t, self.smooth))
 
 # %% ../nbs/07_losses.ipynb #feed95cd
-LOSSES = dict(bce=BCELoss, dice=DiceLoss, bce_dice=BCEDiceLoss, iou=IoULoss, lovasz=LovaszHingeLoss,
+LOSSES = dict(bce=BCELoss, dice=DiceLoss, bce_dice=BCEDiceLoss, iou=IoULoss, lovasz=LovaszHingeLoss,   # loss name -> class (`get_loss`)
               boundary_bce_iou=BoundaryBCEIoULoss)
 
 def get_loss(name='bce_dice', **kwargs):

@@ -56,7 +56,7 @@ def _crop(t, b, y0, x0, S):
     pads = (max(0, -x0), max(0, x0 + S - W), max(0, -y0), max(0, y0 + S - H))
     return F.pad(c[None], pads, mode='replicate')[0] if any(pads) else c
 
-TILES = (32, 64, 128, 256)
+TILES = (32, 64, 128, 256)   # the tile sizes `best_tile` chooses from
 
 def _occupied(u, tile, width) -> torch.Tensor:
     "Bool (B,nh,nw): the `tile`x`tile` tiles of bool (B,1,H,W) `u` that hold a pixel of `u` dilated by `width`."
@@ -221,7 +221,7 @@ def boundary_dice(pred, target, width=3) -> float:
     return mask_dice(torch.as_tensor(pred).bool() & z, torch.as_tensor(target).bool() & z)
 
 # %% ../nbs/21_refine.ipynb #5517c7aa
-REFINER_FORMAT, REFINER_VERSION = 'carvana_fastai.refiner', 1
+REFINER_FORMAT, REFINER_VERSION = 'carvana_fastai.refiner', 1   # what a refiner checkpoint's 'format' and 'version' keys hold
 
 def save_refiner(refiner, path, **meta) -> Path:
     "Write `refiner` to `path` atomically as a refiner checkpoint (with `meta`, e.g. how it was trained)."
@@ -337,8 +337,8 @@ class LearnedRefiner:
                     margin=self.margin, params=sum(p.numel() for p in self.model.parameters()))
     def __repr__(self): return f"LearnedRefiner({self.path or 'in memory'}, flip={self.flip})"
 
-REFINERS = dict(guided=GuidedRefiner, learned=LearnedRefiner)
-REFINE_METHODS = ('none', *REFINERS)
+REFINERS = dict(guided=GuidedRefiner, learned=LearnedRefiner)   # refine method -> refiner class
+REFINE_METHODS = ('none', *REFINERS)   # the methods `get_refiner` accepts
 
 def get_refiner(method='none', checkpoint=None, device='cpu', radius=8, eps=1e-2, width=3, margin=0.45, flip=False):
     "The refiner of `method` (`REFINE_METHODS`): None for 'none', the guided filter, or the learned refiner saved at `checkpoint`."

@@ -28,9 +28,9 @@ __all__ = ['MAX_BYTES', 'OPTIONS', 'OPTION_HELP', 'parse_background', 'parse_opt
 
 # %% ../nbs/19_serve.ipynb #151ff281
 MAX_BYTES = 30_000_000       # requests with a larger body are refused (413); `max_bytes=` changes it
-OPTIONS = dict(background='transparent', alpha='soft', format='png', mask_only='false', threshold='', tta='true',
+OPTIONS = dict(background='transparent', alpha='soft', format='png', mask_only='false', threshold='', tta='true',   # the cut-out options of a request, with their defaults
                band='0.25', decontaminate='true')
-OPTION_HELP = dict(background="transparent, blur or a colour (white, #203040, rgb(32,48,64))", alpha="soft or hard (the thresholded mask)",
+OPTION_HELP = dict(background="transparent, blur or a colour (white, #203040, rgb(32,48,64))", alpha="soft or hard (the thresholded mask)",   # one line of help per option (the page and the API's schema)
                    format="png, webp or jpg (jpg needs a background)", mask_only="true: the 8-bit alpha as a greyscale PNG",
                    threshold="mask threshold in (0, 1) (default: the ensemble's)", tta="false: no test-time augmentation (faster)",
                    band="soft alpha: the probabilities threshold ± band map to 0-255", decontaminate="false: keep the edge colours as photographed")

@@ -21,7 +21,7 @@ __all__ = ['SUBMISSION_HEADER', 'index_rows', 'read_submission_names', 'parse_sh
 
 # %% ../nbs/12_submission.ipynb #22a71537
 _log = logging.getLogger(__name__)
-SUBMISSION_HEADER = 'img,rle_mask'
+SUBMISSION_HEADER = 'img,rle_mask'   # the first line of a Kaggle submission
 
 def _open_text(path, mode='rt'):
     "Open a plain or gzipped (`.gz`) CSV; text modes keep line endings as they are."

@@ -74,7 +74,7 @@ class AddBlock(FusionBlock):
         s = self.hook.stored
         return self.conv(self.relu(self.up(up_in, s) + self.proj(s)))
 
-FUSIONS = {'concat': ConcatBlock, 'add': AddBlock}
+FUSIONS = {'concat': ConcatBlock, 'add': AddBlock}   # how a decoder block joins its skip connection: fastai's concatenation or LinkNet-style addition
 
 # %% ../nbs/06_unet.ipynb #e218e647
 def _r8(x): return max(8, int(round(x/8))*8)
@@ -191,7 +191,7 @@ def _rename_layers(sd, prefix, names) -> None:
         if i.isdigit() and int(i) < n: sd[f'{prefix}{names[int(i)]}.{rest}'] = sd.pop(k)
 
 # %% ../nbs/06_unet.ipynb #6b1b8a94
-DECODERS = {
+DECODERS = {   # decoder presets: the `DynamicUnet` options of the `classic` (fastai's) and `lean` decoders
     'classic': dict(decoder_widths=None, width_mult=1., middle=2., last_cross=True, final_upsample='shuffle', blur=False,
                     blur_final=True, self_attention=False, bottle=False, act_cls='ReLU', norm_type=None, y_range=None),
     'lean': dict(decoder_widths=(256, 128, 64, 32, 16), width_mult=1., middle=0., last_cross=False,
