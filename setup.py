@@ -31,6 +31,7 @@ lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = (cfg.get('dev_requirements') or '').split()
 serve_requirements = (cfg.get('serve_requirements') or '').split()
 onnx_requirements = (cfg.get('onnx_requirements') or '').split()
+docs_requirements = (cfg.get('docs_requirements') or '').split()
 
 package_data = dict()
 pkg_data = cfg.get('package_data', None)
@@ -51,7 +52,7 @@ setuptools.setup(
     packages = setuptools.find_packages(exclude=['tests', 'tests.*', 'bench', 'bench.*']),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={ 'dev': dev_requirements, 'serve': serve_requirements, 'onnx': onnx_requirements },
+    extras_require={ 'dev': dev_requirements, 'serve': serve_requirements, 'onnx': onnx_requirements, 'docs': docs_requirements },
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),

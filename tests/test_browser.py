@@ -7,31 +7,16 @@ Skipped, with the reason, only where Playwright or Chromium is missing (`.ci/run
     SERVE_MODELS=runs/demo-*/models/lite0-concat/model.pth SERVE_PHOTOS='runs/demo-*/data/test/*_01.jpg' \\
     SERVE_SCREENSHOT=docs/serve.png python -m pytest tests/test_browser.py
 """
-import glob, io, os, shutil, signal
+import glob, os, signal
 from pathlib import Path
 import numpy as np, pytest
 from PIL import Image
 pytest.importorskip('fastapi', reason="the serve extra is not installed: pip install -e '.[serve]'")
 from test_serve import Server, tiny_checkpoint, photo
-
-def chromium():
-    "The system Chromium's path, or None."
-    for c in (os.environ.get('CHROMIUM'), shutil.which('chromium'), shutil.which('chromium-browser'), '/usr/bin/chromium'):
-        if c and Path(c).is_file() and os.access(c, os.X_OK): return c
+from conftest import save_screenshot   # the `browser` fixture is conftest's too
 
 def _globbed(var):
     return sorted(Path(f) for p in os.environ.get(var, '').split(os.pathsep) if p for f in glob.glob(os.path.expanduser(p)))
-
-@pytest.fixture(scope='module')
-def browser():
-    try: from playwright.sync_api import sync_playwright
-    except ImportError: pytest.skip("Playwright is not installed (pip install playwright); it drives the system Chromium")
-    exe = chromium()
-    if exe is None: pytest.skip("no Chromium browser installed (apt-get install -y chromium): the page is tested in a real browser")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=exe, headless=True, args=['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'])
-        yield b
-        b.close()
 
 @pytest.fixture(scope='module')
 def server(tmp_path_factory):
@@ -86,12 +71,6 @@ def test_page_cuts_out_photos(browser, server, tmp_path):
     page.wait_for_selector('.card[data-state=error]', timeout=30_000)
     assert 'not an image' in page.inner_text('.card[data-state=error] .error')
     assert not errors, errors
-
-def save_screenshot(page, path, width=900):
-    "A small PNG of the page for the README (palette colours, `width` pixels wide)."
-    im = Image.open(io.BytesIO(page.screenshot())).convert('RGB')
-    im = im.resize((width, round(im.height*width/im.width)), Image.Resampling.LANCZOS)
-    im.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
 
 def test_ctrl_c_is_a_clean_shutdown(server):
     "The last test: Ctrl-C (SIGINT) stops the server with exit code 0."
