@@ -351,6 +351,7 @@ def run_notebook(path):
 
 def check_site(out, pages):
     "Our own checks on the built site: every notebook is a page listed in the navigation."
+    if not (out/'index.html').exists(): return ['no site was written']
     index = (out/'index.html').read_text(encoding='utf-8')
     return [f'{p}.ipynb: not in the navigation' for p in pages
             if not (out/f'{p}.html').exists() or f'href="{p}.html"' not in index]
@@ -367,10 +368,12 @@ def build(out=ROOT/'_docs', execute=(), quiet=True, src=ROOT/'_proc'/'docs_src')
         if PENDING.match(nb_of[m]): print(f"docs: pending, no description yet in nbs/{nb_of[m]}.ipynb: {', '.join(bad)}", file=sys.stderr)
         else: problems += [f'{LIB}.{m}.{n} (nbs/{nb_of[m]}.ipynb): no docstring (a constant: no comment on its line)' for n in bad]
     pages = stage(src, names, execute)
-    if out.exists(): shutil.rmtree(out)
-    args = ['-b', 'html', '-W', '--keep-going', '-E', '-j', 'auto'] + (['-q'] if quiet else []) + [str(src), str(out)]
+    html = src/'_build'/'html'   # myst-nb writes its jupyter_execute/ beside the output folder: keep it in the staging tree
+    args = ['-b', 'html', '-W', '--keep-going', '-E', '-j', 'auto', '-d', str(src/'_build'/'doctrees')] + (['-q'] if quiet else []) + [str(src), str(html)]
     if build_main(args) != 0: problems.append('Sphinx reported warnings (above): broken links or anchors, pages not in the navigation, bad markup')
-    elif not problems: problems += check_site(out, pages)
+    if out.exists(): shutil.rmtree(out)
+    if html.exists(): shutil.move(str(html), str(out))
+    if not problems: problems += check_site(out, pages)
     print(f"docs: {len(pages)} notebooks, {sum(map(len, names.values()))} public names -> {out/'index.html'} "
           f"[{time.time()-t0:.1f} s]", file=sys.stderr)
     return problems
