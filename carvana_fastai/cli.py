@@ -97,6 +97,7 @@ def _add_all(sub, g, d):
     a.add_argument('--data', help="a Carvana folder (train/, train_masks/, test/), or with --layout folders one of photos and masks; default: the config's synthetic set")
     a.add_argument('--out', default='runs', help="parent folder of the run folders")
     a.add_argument('--name', help="the run folder's name (default: <config name>-<date>-<time>; with --resume: the latest run in --out, of the config's name when --config is given)")
+    a.add_argument('--folds', type=int, metavar='K', help="cross-validate by car: K fold models of each model, scored out of fold (the config's models[].folds)")
 
 def _add_synth(sub, g, d):
     s = d['synth']
@@ -119,6 +120,7 @@ def _add_train(sub, g, d):
     t.add_argument('--data', help="the dataset folder (default: the config's data.path)")
     t.add_argument('--out', default='models', help="folder for the models' folders")
     t.add_argument('--model', nargs='+', metavar='NAME', help="train only these models of the config (default: all)")
+    t.add_argument('--folds', type=int, metavar='K', help="cross-validate by car: K fold models of each model into <out>/<name>/fold<i>/ (the config's models[].folds)")
 
 def _add_evaluate(sub, g, d):
     t = sub.add_parser('evaluate', parents=[g['ens'], g['dev'], g['lay']], help="Dice of each member and the ensemble, without and with TTA",

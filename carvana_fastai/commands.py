@@ -29,6 +29,7 @@ _LAYOUT_ARGS = dict(layout='layout', images='images', masks='masks', mask_suffix
 def _overrides(args) -> dict:
     "The config keys the command line sets: {'data.path': ..., 'data.layout': ...}."
     o = {'data.path': str(args.data)} if getattr(args, 'data', None) else {}
+    if getattr(args, 'folds', None) is not None: o['models.folds'] = args.folds
     return o | {f'data.{k}': getattr(args, a) for a, k in _LAYOUT_ARGS.items() if getattr(args, a, None) is not None}
 
 def cmd_all(args):
@@ -52,7 +53,8 @@ def cmd_synth(args):
 # %% ../nbs/16a_commands.ipynb #9bdbbac2
 def _trained_line(infos, out, t0) -> str:
     return (f"train: {len(infos)} model{'s' if len(infos) > 1 else ''} in {out}: "
-            + ', '.join(f"{i['checkpoint']}" + (f" (valid Dice {i['valid_dice']:.4f})" if i.get('valid_dice') is not None else '') for i in infos)
+            + ', '.join(f"{i['checkpoint']}" + (f" (valid Dice {i['valid_dice']:.4f})" if i.get('valid_dice') is not None else '')
+                        + (f" and {len(i['folds'])} fold models" if i.get('folds') and i['checkpoint'] not in i['folds'] else '') for i in infos)
             + f" [{fmt_secs(time.time() - t0)}]")
 
 def cmd_train(args):

@@ -143,10 +143,10 @@ def merge_config(base, over) -> dict:
 
 # %% ../nbs/02_config.ipynb #f519ed54
 MODEL_DEFAULTS = dict(name=None, body='efficientnet_lite0', fusion='concat', decoder='lean', pretrained=True,   # a model's settings where its config leaves them out
-                      weights=None, loss='bce_dice', seed=0, plan=None)
+                      weights=None, loss='bce_dice', seed=0, plan=None, folds=None, final=False)
 
 MODEL_SCHEMA = dict(name='name', body='str', fusion='str', decoder='str', pretrained='bool', weights='path?',   # the type of each key of a model in a config
-                    loss='str', seed='int?', plan='plan')
+                    loss='str', seed='int?', plan='plan', folds='folds?', final='bool')
 
 LAYOUTS = ('carvana', 'folders')        # dataset layouts: Kaggle's, or a folder of photos and a folder of masks
 ENGINES = ('torch', 'onnx')        # what runs the ensemble: PyTorch, or onnxruntime on an exported graph
@@ -177,6 +177,7 @@ _KINDS = dict(
     path=(lambda v: str(v) if isinstance(v, (str, Path)) and str(v) else None, 'a path'),
     int=(lambda v: v if is_int(v) else None, 'an integer'),
     count=(lambda v: v if is_int(v) and v > 0 else None, 'a positive integer'),
+    folds=(lambda v: v if is_int(v) and v >= 2 else None, 'a number of folds, at least 2'),
     bool=(lambda v: v if isinstance(v, bool) else None, 'true or false'),
     fraction=(lambda v: float(v) if is_num(v) and 0 < v < 1 else None, 'a number between 0 and 1'),
     size=(lambda v: list(parse_size(v)) if parse_size(v) else None, "a size [h, w] or 'HxW' of positive integers"),
@@ -236,6 +237,12 @@ def _check_models(models):
     names = [m['name'] for m in out]
     dups = sorted({n for n in names if names.count(n) > 1})
     if dups: raise UsageError(f"models: two models are named {dups[0]!r}; each needs its own name (it is its folder)")
+    for i, m in enumerate(out):
+        if m['final'] and not m['folds']:
+            raise UsageError(f"models[{i}].final trains a model on every car after its folds: set models[{i}].folds (2 or more), or final: false")
+    if len({m['folds'] for m in out}) > 1:
+        raise UsageError(f"models: every model needs the same folds (their out-of-fold maps are ensembled fold by fold), "
+                         f"not {', '.join(str(m['folds']) for m in out)}")
     return out
 
 # %% ../nbs/02_config.ipynb #b647b9d0
@@ -285,6 +292,9 @@ def check_keys(user, src=None):
 # %% ../nbs/02_config.ipynb #bc6c5e1b
 def _set(cfg, key, v):
     *path, last = key.split('.')
+    if path == ['models']:                                  # 'models.folds': the key of every model entry
+        for m in cfg['models']: m[last] = v
+        return
     for p in path: cfg = cfg.setdefault(p, {})
     cfg[last] = v
 

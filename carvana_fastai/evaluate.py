@@ -153,34 +153,52 @@ def held_out(checkpoint, items) -> pd.DataFrame:
     else: splitter = car_splitter(split.get('valid_pct', 0.2), split.get('seed', 42))
     return items.iloc[splitter(items)[1]].reset_index(drop=True)
 
+def _group(ck) -> list: return list(ck) if isinstance(ck, list) else [ck]
+
 def _fold_sets(checkpoints, items) -> list:
-    "The held-out rows of each checkpoint; `ValueError` where two of them hold out the same photo."
-    sets, seen = [held_out(ck, items) for ck in checkpoints], set()
-    for s in sets:
+    "The held-out rows of each fold (a checkpoint, or a list of them: the members of one fold); `ValueError` where folds overlap or a fold's members disagree."
+    sets, seen = [], set()
+    for g in map(_group, checkpoints):
+        s = held_out(g[0], items)
+        if any(set(held_out(ck, items)['img']) != set(s['img']) for ck in g[1:]):
+            raise ValueError("evaluate_folds: the members of one fold hold out different cars: train them with the same folds and seed")
         if seen & set(s['img']): raise ValueError("evaluate_folds: the checkpoints' held-out cars overlap: give the k models of one cross-validation")
         seen |= set(s['img'])
+        sets.append(s)
     return sets
 
+def _fold_name(m, k, names) -> str:
+    "A row's name in the pooled table: one member per fold is the 'k fold models'; with several, each member is named by its model's name."
+    if len(names) == 1: return f"{k} fold models, out of fold" + (' + ' + m.split(' + ', 1)[1] if ' + ' in m else '')
+    if m.startswith('member '):
+        i = int(m.split()[1])
+        return f"member {i}" + (f" ({names[i]})" if names[i] else '')
+    return m.replace('ensemble (', f'{k}-fold ensemble (', 1)
+
 def evaluate_folds(checkpoints, data=None, items=None, bs=4, progress=True, boundary=(1, 3), **kwargs) -> pd.DataFrame:
-    "The out-of-fold table: each fold model of `checkpoints` scored on the cars it held out, pooled over the photos; `kwargs` go to `load_ensemble`."
+    "The out-of-fold table: each fold's model (or list of members, ensembled) scored on the cars it held out, pooled over the photos; `kwargs` go to `load_ensemble`."
     items = carvana_items(data, 'train') if items is None else items
-    dfs = [evaluate_ensemble(load_ensemble([ck], **kwargs), items=s, valid_pct=1, bs=bs, progress=progress, boundary=boundary)
-           for ck, s in zip(checkpoints, _fold_sets(checkpoints, items))]
-    keep = [i for i, m in enumerate(dfs[0]['model']) if not m.startswith('ensemble (') or 'refiner' in m]   # one member: its ensemble rows repeat it
+    groups = [_group(ck) for ck in checkpoints]
+    dfs = [evaluate_ensemble(load_ensemble(g, **kwargs), items=s, valid_pct=1, bs=bs, progress=progress, boundary=boundary)
+           for g, s in zip(groups, _fold_sets(checkpoints, items))]
+    one = len(groups[0]) == 1
+    keep = [i for i, m in enumerate(dfs[0]['model']) if not (one and m.startswith('ensemble (')) or 'refiner' in m]   # one member: its ensemble rows repeat it
     n = np.array([d.attrs['images'] for d in dfs], dtype=float)
     out = dfs[0].iloc[keep, :].copy().reset_index(drop=True)
-    out['model'] = [f"{len(dfs)} fold models, out of fold" + (' + ' + m.split(' + ', 1)[1] if ' + ' in m else '') for m in out['model']]
-    out['size'] = '/'.join(sorted({s for d in dfs for s in d['size'].iloc[keep] if s}))
+    names = [_meta(ck).get('name') for ck in groups[0]]           # the model's name, the same in every fold
+    out['model'] = [_fold_name(m, len(dfs), names) for m in out['model']]
+    out['size'] = ['/'.join(sorted({d['size'].iloc[i] for d in dfs if d['size'].iloc[i]})) for i in keep]
     for c in [c for c in out.columns if c == 'dice' or c.startswith('bf')]:
         out[c] = sum(d[c].iloc[keep].to_numpy()*k for d, k in zip(dfs, n)) / n.sum()
     ms = {k: float(sum(d.attrs[k]*w for d, w in zip(dfs, n)) / n.sum()) for k in ('forward_ms', 'forward_tta_ms', 'refine_ms') if k in dfs[0].attrs}
-    out.attrs.update(images=int(n.sum()), cars=sum(d.attrs['cars'] for d in dfs), folds=len(dfs), threshold=dfs[0].attrs['threshold'], **ms)
+    out.attrs.update(images=int(n.sum()), cars=sum(d.attrs['cars'] for d in dfs), folds=len(dfs), threshold=dfs[0].attrs['threshold'],
+                     **ms, **{k: dfs[0].attrs[k] for k in ('refiner',) if k in dfs[0].attrs})
     return out
 
 def fold_threshold(checkpoints, data=None, items=None, thresholds=None, tta=True, bs=4, progress=True, **kwargs) -> tuple:
-    "`(best threshold, DataFrame[threshold, dice])` on the out-of-fold maps of `checkpoints` (each model on the cars it held out)."
+    "`(best threshold, DataFrame[threshold, dice])` on the out-of-fold maps of `checkpoints` (each fold's model or members on the cars it held out)."
     items = carvana_items(data, 'train') if items is None else items
-    curves = [(best_threshold(load_ensemble([ck], **kwargs), items=s, valid_pct=1, thresholds=thresholds, tta=tta, bs=bs, progress=progress)[1], len(s))
+    curves = [(best_threshold(load_ensemble(_group(ck), **kwargs), items=s, valid_pct=1, thresholds=thresholds, tta=tta, bs=bs, progress=progress)[1], len(s))
               for ck, s in zip(checkpoints, _fold_sets(checkpoints, items))]
     df = curves[0][0].assign(dice=sum(c.dice*k for c, k in curves) / sum(k for _, k in curves))
     best = df.dice.round(9).max()

@@ -70,7 +70,9 @@ def _head(run, cfg, evaluation, data, device, seconds) -> list:
     layout = f" ({d['layout']} layout)" if d.get('layout', 'carvana') != 'carvana' else ''
     return [f"# carvana_fastai run `{Path(run).name}`", '',
             f"- data: `{data}`" + (synth if d['path'] is None else layout),
-            f"- validation: {a.get('images')} photos of {a.get('cars')} cars ({d['valid_pct']:.0%} of the cars, split seed {d['seed']}); "
+            (f"- out of fold: {a.get('images')} photos of {a.get('cars')} cars, each scored by the fold model that never saw "
+             f"its car ({a['folds']} folds by car, split seed {d['seed']}); " if a.get('folds') else
+             f"- validation: {a.get('images')} photos of {a.get('cars')} cars ({d['valid_pct']:.0%} of the cars, split seed {d['seed']}); ") +
             f"threshold {a.get('threshold')}; ensemble: {cfg['ensemble']['merge']}, weights {cfg['ensemble']['weights'] or 'equal'}",
             f"- device: {device}; carvana_fastai {__version__}" + (f"; the whole run took {_time(seconds)}" if seconds else ''),
             f"- config: [config.yaml](config.yaml)", '']

@@ -236,7 +236,7 @@ class _Run:
 
     def meta(self, stage, epoch, **kwargs):
         return dict(size=self.plan[stage]['size'], plan=self.plan, stage=stage, epoch=epoch, history=list(self.history),
-                    lrs=list(self.lrs), split=self.split,
+                    lrs=list(self.lrs), split=self.split, **({'name': self.name} if self.name else {}),
                     done=stage == len(self.plan)-1 and epoch == self.plan[stage]['epochs']-1, **kwargs)
 
     def save(self, stage, epoch, name, with_opt=True, with_rng=False, **kwargs):

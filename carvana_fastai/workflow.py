@@ -15,7 +15,7 @@ def _secs(t0) -> str: return fmt_secs(time.time() - t0)
 
 # %% auto #0
 __all__ = ['synth_step', 'load_items', 'member_summary', 'train_member', 'train_models', 'refine_pairs', 'train_refiner_step',
-           'refiner_path', 'refine_step', 'ensemble_step', 'ensemble_dice', 'evaluate_step', 'predict_step',
+           'refiner_path', 'refine_step', 'ensemble_step', 'ensemble_dice', 'evaluate_step', 'oof_step', 'predict_step',
            'validate_step', 'cutout_step', 'run_folder', 'engine_step', 'run_all']
 
 # %% ../nbs/15_workflow.ipynb #0b1fe204
@@ -73,43 +73,56 @@ def _write_summary(m, folder, plan, data) -> dict:
                 loss=m['loss'], size=sizes[-1], scales=' -> '.join(k for k, _ in groupby(sizes)),
                 epochs=sum(s['epochs'] for s in plan), params=_params(model),
                 train_s=round(float(hist['time'].sum()), 1) if 'time' in hist else None,
-                valid_dice=float(last['dice']) if 'dice' in last else None, data=str(data))
+                valid_dice=float(last['dice']) if pd.notna(last.get('dice')) else None, data=str(data))   # none without validation cars
     (folder/'train.json').write_text(json.dumps(info, indent=1))
     return member_summary(folder)
 
 # %% ../nbs/15_workflow.ipynb #e008bce2
-def _learner(m, data, st, valid_pct, split_seed, items, device):
+def _learner(m, data, st, split, items, device):
     from carvana_fastai.data import carvana_dls
     from carvana_fastai.bodies import body_stats
     from carvana_fastai.unet import carvana_learner
-    dls = carvana_dls(data, st['size'], bs=st['bs'], valid_pct=valid_pct, seed=split_seed, stats=body_stats(m['body']),
-                      items=items, device=device)
+    dls = carvana_dls(data, st['size'], bs=st['bs'], stats=body_stats(m['body']), items=items, device=device, **split)
     return carvana_learner(dls, body=m['body'], fusion=m['fusion'], decoder=m['decoder'], pretrained=m['pretrained'],
                            weights=m['weights'], loss=m['loss'])
 
-def train_member(m, data, out, valid_pct=0.2, split_seed=42, resume=False, device='cpu', items=None) -> dict:
-    "Train model entry `m` of a config on the dataset `data` (or its `items`) into `out/m['name']`; return its summary."
-    folder = Path(out)/m['name']
+def _train_one(m, data, folder, split, resume, device, items, what) -> dict:
+    "Train model entry `m` into `folder` on the cars `split` leaves for training (valid_pct and seed, or a fold of k); its summary (rank 0)."
     if resume and (folder/'model.pth').is_file() and (folder/'train.json').is_file():
         if rank() != 0: return None
-        say(f"train {m['name']}: reusing {folder/'model.pth'} (trained before)")
+        say(f"train {what}: reusing {folder/'model.pth'} (trained before)")
         return member_summary(folder)
     from carvana_fastai.config import validate_plan
     from carvana_fastai.train import train_progressive
     t0, plan = time.time(), validate_plan(m['plan'])
-    if items is None: items = load_items(data)
     if world() > 1 and device != 'cpu': device = None    # under torchrun each rank trains on its own GPU
-    learn = _learner(m, data, plan[0], valid_pct, split_seed, items, device)
-    say(f"train {m['name']}: {m['body']} ({'pretrained' if m['pretrained'] or m['weights'] else 'from scratch'}), "
+    learn = _learner(m, data, plan[0], split, items, device)
+    cars = 'every car' if split['valid_pct'] == 0 and 'fold' not in split else f"fold {split['fold']+1} of {split['k']} held out" if 'fold' in split else f"{split['valid_pct']:.0%} of the cars held out"
+    say(f"train {what}: {m['body']} ({'pretrained' if m['pretrained'] or m['weights'] else 'from scratch'}), "
         f"{m['fusion']} fusion, {m['decoder']} decoder, {_params(learn.model)/1e6:.2f} M parameters, "
-        f"{len(plan)} stage{'s' if len(plan) > 1 else ''} on {device or f'{world()} processes'} -> {folder}")
-    train_progressive(learn, plan, data, folder, resume=resume, seed=m['seed'], valid_pct=valid_pct,
-                      dls_kwargs=dict(seed=split_seed, items=items), device=device, name=m['name'])
+        f"{len(plan)} stage{'s' if len(plan) > 1 else ''} on {device or f'{world()} processes'}, {cars} -> {folder}")
+    train_progressive(learn, plan, data, folder, resume=resume, seed=m['seed'], valid_pct=split['valid_pct'],
+                      dls_kwargs=dict(items=items, **{k: v for k, v in split.items() if k != 'valid_pct'}), device=device, name=m['name'])
     if rank() != 0: return None                           # rank 0 writes the files
     info = _write_summary(m, folder, plan, data)
     dice = f", valid Dice {info['valid_dice']:.4f}" if info['valid_dice'] is not None else ''
-    say(f"train {m['name']}: done{dice}; checkpoint {folder/'model.pth'} [{_secs(t0)}]")
+    say(f"train {what}: done{dice}; checkpoint {folder/'model.pth'} [{_secs(t0)}]")
     return info
+
+def train_member(m, data, out, valid_pct=0.2, split_seed=42, resume=False, device='cpu', items=None) -> dict:
+    "Train model entry `m` of a config on `data` (or its `items`) into `out/m['name']` (with `folds`: its fold models into `fold<i>/`, then with `final` one on every car); its summary."
+    folder, k, split = Path(out)/m['name'], m.get('folds'), dict(valid_pct=valid_pct, seed=split_seed)
+    if items is None: items = load_items(data)
+    if not k:
+        info = _train_one(m, data, folder, split, resume, device, items, m['name'])
+        return info and dict(info, checkpoints=[info['checkpoint']], folds=[])
+    folds = [_train_one(m, data, folder/f'fold{i}', dict(split, fold=i, k=k), resume, device, items, f"{m['name']} fold {i+1}/{k}")
+             for i in range(k)]
+    final = _train_one(m, data, folder, dict(split, valid_pct=0), resume, device, items, f"{m['name']} on every car") if m.get('final') else None
+    if rank() != 0: return None
+    ckpts = [f['checkpoint'] for f in folds]
+    return dict(final or folds[0], folds=ckpts, checkpoints=[final['checkpoint']] if final else ckpts,
+                train_s=round(sum(f['train_s'] or 0 for f in folds + [final or {}] if f), 1))
 
 def train_models(cfg, data, out, resume=False, device='cpu', names=None) -> list:
     "Train the models of config `cfg` (or those named in `names`) on `data` into `out/<name>/`; return their summaries."
@@ -171,29 +184,48 @@ def ensemble_dice(df) -> str:
     def pair(ix): return f"Dice {df.dice.iloc[ix[0]]:.5f}" + (f", with TTA {df.dice.iloc[ix[-1]]:.5f}" if len(ix) > 1 else '')
     return f"ensemble {pair(plain)}" + (f"; refined ({df.refine.iloc[refined[0]]}) {pair(refined)}" if refined else '')
 
+def _say_table(df, out, threshold, t0, what):
+    "Write the evaluation table `df` to `out`/evaluation.csv and .md (if given) and print it with a summary line."
+    from carvana_fastai.report import to_markdown
+    md, a = to_markdown(df), df.attrs
+    if out is not None:
+        out = Path(out); out.mkdir(parents=True, exist_ok=True)
+        df.to_csv(out/'evaluation.csv', index=False)
+        (out/'evaluation.md').write_text(md + '\n')
+    say(md)
+    say(f"evaluate: {a.get('images')} {what} photos of {a.get('cars')} cars, threshold {threshold}; {ensemble_dice(df)}"
+        + (f"; table in {out/'evaluation.md'}" if out else '') + f" [{_secs(t0)}]")
+    if a.get('refine_ms') is not None:
+        say(f"evaluate: refinement {a['refine_ms']:.1f} ms per photo, {a['refine_ms']/max(a['forward_tta_ms'], 1e-9):.0%} of the "
+            f"members' forward with TTA ({a['forward_tta_ms']:.1f} ms; without TTA {a['forward_ms']:.1f} ms)")
+
 def evaluate_step(ens, data, valid_pct=0.2, seed=42, bs=4, out=None, best=False, items=None, progress=True):
     "The evaluation table of `ens` on the validation cars of `data` (written to `out`/evaluation.csv and .md if given)."
     from carvana_fastai.evaluate import evaluate_ensemble, best_threshold
-    from carvana_fastai.report import to_markdown
     t0 = time.time()
     if best:
         t, curve = best_threshold(ens, data, valid_pct=valid_pct, seed=seed, bs=bs, items=items, progress=progress)
         ens.threshold = t
         say(f"evaluate: best threshold on the validation cars: {t} (Dice {curve.dice.max():.5f})")
     df = evaluate_ensemble(ens, data, valid_pct=valid_pct, seed=seed, bs=bs, items=items, progress=progress)
-    md = to_markdown(df)
-    if out is not None:
-        out = Path(out); out.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out/'evaluation.csv', index=False)
-        (out/'evaluation.md').write_text(md + '\n')
-    a = df.attrs
-    say(md)
-    say(f"evaluate: {a.get('images')} validation photos of {a.get('cars')} cars, threshold {ens.threshold}; {ensemble_dice(df)}"
-        + (f"; table in {out/'evaluation.md'}" if out else '') + f" [{_secs(t0)}]")
-    if a.get('refine_ms') is not None:
-        say(f"evaluate: refinement {a['refine_ms']:.1f} ms per photo, {a['refine_ms']/max(a['forward_tta_ms'], 1e-9):.0%} of the "
-            f"members' forward with TTA ({a['forward_tta_ms']:.1f} ms; without TTA {a['forward_ms']:.1f} ms)")
+    _say_table(df, out, ens.threshold, t0, 'validation' if valid_pct < 1 else 'labelled')
     return df
+
+def oof_step(cfg, members, data, items=None, refiner=None, device='cpu', out=None, progress=True) -> tuple:
+    "`(table, threshold)` out of fold: fold i of every member (ensembled) on the cars it held out, pooled; the threshold picked there when 'best'."
+    from carvana_fastai.evaluate import evaluate_folds, fold_threshold
+    t0, e, bs = time.time(), cfg['ensemble'], cfg['predict']['bs']
+    if items is None: items = load_items(data, **layout_of(cfg['data']))
+    folds = [list(f) for f in zip(*[m['folds'] for m in members])]
+    kw = dict(weights=e['weights'], tta=e['tta'] or 'none', merge=e['merge'], device=device, refiner=refiner)
+    t = e['threshold']
+    if t == 'best':
+        t, curve = fold_threshold(folds, items=items, bs=bs, progress=progress, **kw)
+        say(f"evaluate: best threshold on the out-of-fold maps: {t} (Dice {curve.dice.max():.5f})")
+    df = evaluate_folds(folds, items=items, bs=bs, progress=progress, threshold=t, **kw)
+    _say_table(df, out, t, t0, f'out-of-fold ({len(folds)} folds)')
+    return df, t
+
 
 # %% ../nbs/15_workflow.ipynb #b5799321
 def predict_step(ens, data, out_csv, bs=4, workers=None, shard=None, resume=False, gzip=False, progress=True) -> dict:
@@ -262,11 +294,11 @@ def _rank_device(device) -> str:
     import os
     return f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if world() > 1 and device == 'cuda' else device
 
-def _ready_to_predict(run, ckpts, threshold):
+def _ready_to_predict(run, ckpts, weights, threshold):
     "Rank 0, after evaluating: tell the other ranks the checkpoints and threshold to predict with (stamped with this launch's token)."
     from carvana_fastai.core import atomic_write
     from carvana_fastai.submission import run_token
-    go = dict(token=run_token(), checkpoints=[str(c) for c in ckpts], threshold=threshold)
+    go = dict(token=run_token(), checkpoints=[str(c) for c in ckpts], weights=weights, threshold=threshold)
     atomic_write(Path(run)/'.predict.json', lambda f: Path(f).write_text(json.dumps(go)))
 
 def _predict_rank(cfg, data, run, resume, device, timeout=7*24*3600):
@@ -284,7 +316,7 @@ def _predict_rank(cfg, data, run, resume, device, timeout=7*24*3600):
     if p.get('engine') == 'onnx':
         from carvana_fastai.export import OnnxEnsemble
         ens = OnnxEnsemble(Path(run)/'ensemble.onnx', threshold=go['threshold'], refiner=refiner)
-    else: ens = ensemble_step(go['checkpoints'], e['tta'], e['weights'], e['merge'], go['threshold'], device, refiner)
+    else: ens = ensemble_step(go['checkpoints'], e['tta'], go['weights'], e['merge'], go['threshold'], device, refiner)
     return predict_step(ens, data, Path(run)/'submission.csv', p['bs'], p['workers'], resume=resume, gzip=p['gzip'])
 
 def _overlays(cfg, ens, photos, run) -> list:
@@ -304,8 +336,9 @@ def run_all(cfg, run, device='auto', resume=False) -> Path:
         raise UsageError(f"run folder {run} holds a previous run: pass --resume to continue it, or use another --name")
     carvana = d.get('layout', 'carvana') == 'carvana'
     data = d['path']
-    device = preflight(cfg, data, run.parent, device, resume, run/'models', splits=('train', 'test') if carvana else ('train',))
-    if carvana: check_engine(cfg['predict'].get('engine', 'torch'))
+    test = carvana and (data is None or (Path(data)/'test').is_dir())   # a labelled folder alone is evaluated, with no submission
+    device = preflight(cfg, data, run.parent, device, resume, run/'models', splits=('train', 'test') if test else ('train',))
+    if test: check_engine(cfg['predict'].get('engine', 'torch'))
     check_writable(run)                                     # created only once every check has passed
     say(f"all: run folder {run} (device {device})")
     if rank() == 0: (run/'config.yaml').write_text(config_yaml(cfg))
@@ -315,16 +348,20 @@ def run_all(cfg, run, device='auto', resume=False) -> Path:
     members = train_models(cfg, data, run/'models', resume, device)
     e, p = cfg['ensemble'], cfg['predict']
     if rank() != 0:                                         # under torchrun: rank 0 evaluates; then every rank predicts
-        if carvana: _predict_rank(cfg, data, run, resume, _rank_device(device))
+        if test: _predict_rank(cfg, data, run, resume, _rank_device(device))
         return run
     items = None if carvana else load_items(data, **layout_of(d))
-    ens = ensemble_step([m['checkpoint'] for m in members], e['tta'], e['weights'], e['merge'], e['threshold'], _rank_device(device))
+    ckpts = [c for m in members for c in m['checkpoints']]            # the final models, or every fold model
+    weights = [w for m, w in zip(members, e['weights']) for _ in m['checkpoints']] if e['weights'] else None
+    ens = ensemble_step(ckpts, e['tta'], weights, e['merge'], e['threshold'], _rank_device(device))
     ens.refiner = refine_step(cfg, data, run, _rank_device(device), items, resume, ensemble=ens)   # trained on the ensemble's maps too
-    evaluation = evaluate_step(ens, data, d['valid_pct'], d['seed'], p['bs'], run, best=e['threshold'] == 'best', items=items)
-    pens = engine_step(ens, p.get('engine', 'torch'), run) if carvana else ens
-    if world() > 1 and carvana: _ready_to_predict(run, [m['checkpoint'] for m in members], ens.threshold)
-    sub, check = _predict_all(cfg, pens, data, run, resume) if carvana else (None, None)
-    overlays = _overlays(cfg, ens, Path(data)/('test' if carvana else d['images']), run)
+    if members[0]['folds']: evaluation, ens.threshold = oof_step(cfg, members, data, items, ens.refiner, _rank_device(device), run)
+    else: evaluation = evaluate_step(ens, data, d['valid_pct'], d['seed'], p['bs'], run, best=e['threshold'] == 'best', items=items)
+    pens = engine_step(ens, p.get('engine', 'torch'), run) if test else ens
+    if world() > 1 and test: _ready_to_predict(run, ckpts, weights, ens.threshold)
+    sub, check = _predict_all(cfg, pens, data, run, resume) if test else (None, None)
+    if carvana and not test: say(f"all: {data} has no test/ folder: no submission")
+    overlays = _overlays(cfg, ens, Path(data)/('test' if test else 'train' if carvana else d['images']), run)
     report = write_report(run, cfg, members, evaluation, data, sub, check, overlays, device, time.time() - t0)
     say(f"all: done in {_secs(t0)}. Report: {report}" + (f"; submission: {sub}" if sub else '') + f"; models: {run/'models'}")
     return run

@@ -333,3 +333,37 @@ def test_all_under_torchrun(tmp_path):
     run = out/'ddp'
     for f in ['report.md', 'submission.csv', 'models/a/model.pth', 'models/b/history.csv']: assert (run/f).is_file(), f
     assert (run/'submission_check.txt').read_text().startswith(f"submission {run/'submission.csv'}: OK")
+
+# --- cross-validation by car ------------------------------------------------------------------------------------------
+
+def test_all_folds_out_of_fold_and_resume(tmp_path, cli_data):
+    "`all --folds 2` on a labelled folder without test/: 2 fold models per model (and a final one), the out-of-fold table, no submission; --resume reuses the folds done."
+    data = tmp_path/'labelled'
+    shutil.copytree(cli_data, data, ignore=shutil.ignore_patterns('test', 'sample_submission.csv'))
+    cfg = tiny_config(models=[dict(name='a', body='efficientnet_lite0', pretrained=True, final=True, plan=[dict(size=[32, 48], epochs=1, bs=4)]),
+                              dict(name='b', body='efficientnet_lite0', fusion='add', pretrained=False, plan=[dict(size=[32, 48], epochs=1, bs=4)])],
+                      ensemble=dict(tta='hflip', threshold='best'), refine=dict(method='none'))
+    cfg, out = write_yaml(tmp_path/'cv.yaml', cfg), tmp_path/'runs'
+    one_line_error(cli('all', '--config', cfg, '--data', data, '--out', out, '--folds', 1), 'models[0].folds must be a number of folds, at least 2')
+    r = ok(cli('all', '--config', cfg, '--data', data, '--out', out, '--name', 'cv', '--folds', 2, '--device', 'cpu'))
+    run = out/'cv'
+    for f in ['models/a/fold0/model.pth', 'models/a/fold1/model.pth', 'models/a/model.pth', 'models/b/fold0/model.pth',
+              'models/b/fold1/model.pth', 'evaluation.md', 'report.md']:
+        assert (run/f).is_file(), f
+    assert not (run/'models/b/model.pth').exists() and not (run/'submission.csv').exists()    # b: no final model; no test/
+    assert 'train a on every car' in r.stdout and 'train b fold 2/2' in r.stdout
+    assert 'best threshold on the out-of-fold maps' in r.stdout and 'has no test/ folder: no submission' in r.stdout
+    ev = list(csv.DictReader(open(run/'evaluation.csv')))
+    assert [e['model'] for e in ev] == ['member 0 (a)']*2 + ['member 1 (b)']*2 + ['2-fold ensemble (mean of 2)']*2
+    assert all(0 < float(e['dice']) <= 1 for e in ev)
+    assert 'out of fold: 12 photos of 6 cars' in (run/'report.md').read_text()                 # every photo, each scored once
+    from carvana_fastai.checkpoint import read_checkpoint
+    ck = read_checkpoint(run/'models/a/model.pth')
+    assert ck['split']['valid_pct'] == 0 and 'fold' not in ck['split']                          # the final model saw every car
+
+    for f in ['models/b/fold1/model.pth', 'models/b/fold1/train.json', 'report.md']: (run/f).unlink()   # interrupted in b's 2nd fold
+    a_time = (run/'models/a/fold1/model.pth').stat().st_mtime_ns
+    r = ok(cli('all', '--out', out, '--name', 'cv', '--resume', '--device', 'cpu'))
+    assert 'train a fold 2/2: reusing' in r.stdout and 'train b fold 1/2: reusing' in r.stdout
+    assert (run/'models/a/fold1/model.pth').stat().st_mtime_ns == a_time
+    assert (run/'models/b/fold1/model.pth').is_file() and (run/'report.md').is_file()
