@@ -78,10 +78,10 @@ def _groups(d) -> dict:
                    (['--masks'], dict(help="layout folders: the masks' folder in --data (default: masks)")),
                    (['--mask-suffix'], dict(help="layout folders: a mask's stem is its photo's plus this suffix (e.g. _mask)")),
                    (['--group'], dict(help="layout folders: a regex of the photo's stem whose first group keeps photos in one split"))),
-        ens=_group((['--models'], dict(nargs='+', required=True, metavar='CKPT', help="checkpoints (model.pth) of the ensemble members")),
-                   (['--tta'], dict(default=e['tta'] or 'none', help="TTA: none, hflip, vflip, flips, scales, hflip_scales (or several joined by +)")),
+        ens=_group((['--models'], dict(nargs='+', required=True, metavar='CKPT', help="checkpoints (model.pth) of the ensemble members, or the name of a model shipped with the package: cars (real Carvana cars; its TTA, threshold and refiner are the defaults)")),
+                   (['--tta'], dict(help=f"TTA: none, hflip, vflip, flips, scales, hflip_scales (or several joined by +) (default: {e['tta'] or 'none'}, or a shipped model's)")),
                    (['--weights'], dict(nargs='+', type=float, metavar='W', help="one weight per model (default: equal)")),
-                   (['--merge'], dict(default=e['merge'], choices=['mean', 'vote'], help="combine members by the weighted mean of probabilities or a weighted vote of masks")),
+                   (['--merge'], dict(choices=['mean', 'vote'], help=f"combine members by the weighted mean of probabilities or a weighted vote of masks (default: {e['merge']})")),
                    (['--bs'], dict(type=int, default=p['bs'], help="photos per batch")),
                    (['--engine'], dict(default=p.get('engine', 'torch'), choices=['torch', 'onnx'], help="run the ensemble with PyTorch (checkpoints) or onnxruntime (one .onnx file made by `export`)")),
                    (['--refine'], dict(choices=REFINE_METHODS, help="refine the ensemble's map at full resolution near the edges: none, guided (a guided filter) or learned (--refiner) (default: learned with --refiner, else none)")),
@@ -127,8 +127,9 @@ def _add_evaluate(sub, g, d):
                        description="The paper's table on the validation cars: Dice of each checkpoint and of their ensemble, "
                        "without and with TTA.", **_F)
     t.add_argument('--data', required=True, help="the dataset folder the models were trained on")
-    t.add_argument('--threshold', type=_threshold_arg, default=d['ensemble']['threshold'], help="mask threshold, or 'best' (picked on the validation cars)")
+    t.add_argument('--threshold', type=_threshold_arg, help="mask threshold, or 'best' (picked on the validation cars) (default: 0.5, or a shipped model's)")
     t.add_argument('--valid-pct', type=_fraction_arg, help="fraction of the cars held out (default: the split the first checkpoint was trained with)")
+    t.add_argument('--held-out', action='store_true', help="--data is a folder no model trained on: evaluate every labelled photo, with no split (the default for a model trained on every car, such as a shipped one)")
     t.add_argument('--seed', type=int, help="seed of the car split (default: the first checkpoint's)")
     t.add_argument('--out', help="folder for evaluation.csv and evaluation.md (default: print only)")
 
@@ -140,7 +141,7 @@ def _add_predict(sub, g, d):
                        "(in sample_submission.csv order when there is one).", **_F)
     t.add_argument('--data', required=True, help="a Carvana folder with test/")
     t.add_argument('--out', default='submission.csv', help="the CSV to write (.gz: gzipped)")
-    t.add_argument('--threshold', type=_threshold_arg, default=e['threshold'] if e['threshold'] != 'best' else 0.5, help="mask threshold")
+    t.add_argument('--threshold', type=_threshold_arg, help="mask threshold (default: 0.5, or a shipped model's)")
     t.add_argument('--shard', type=_shard_arg, help="predict only shard i of n (i/n, e.g. 0/4), for n machines; then merge-shards")
     t.add_argument('--workers', type=int, default=p['workers'], help="DataLoader workers (default: 0 on CPU, several on GPU)")
     t.add_argument('--gzip', action='store_true', default=p['gzip'], help="gzip the CSV")
@@ -190,7 +191,7 @@ def _add_export(sub, g, d):
                        "at the photo's size) as one ONNX graph on uint8 photos with dynamic batch, height and width, and a JSON "
                        "beside it; onnxruntime's output is checked against PyTorch's on synthetic photos.", **_F)
     t.add_argument('--out', required=True, help="the .onnx file to write (its .json beside it)")
-    t.add_argument('--threshold', type=_fraction_arg, default=0.5, help="the mask threshold stored with the graph")
+    t.add_argument('--threshold', type=_fraction_arg, help="the mask threshold stored with the graph (default: 0.5, or a shipped model's)")
     t.add_argument('--opset', type=int, default=18, help="ONNX opset (18 or later: antialiased resizes)")
     t.add_argument('--no-check', action='store_true', help="skip the onnxruntime vs PyTorch check")
 

@@ -73,10 +73,20 @@ def cmd_train(args):
     if rank() == 0: say(_trained_line(infos, out, t0))
 
 # %% ../nbs/16a_commands.ipynb #2264743f
+def _shipped_name(models):
+    "The name of the shipped model `models` names (`--models cars`), else None."
+    if len(models) != 1 or Path(models[0]).suffix or Path(models[0]).exists(): return None
+    from carvana_fastai.checkpoint import shipped_models
+    return models[0] if models[0] in shipped_models() else None
+
 def _check_ckpts(ckpts):
-    "`UsageError` unless each checkpoint given on the command line is a file."
+    "`UsageError` unless each checkpoint given on the command line is a file (or the one model is a shipped model's name)."
+    if _shipped_name(ckpts): return
     for c in ckpts:
-        if not Path(c).is_file(): raise UsageError(f"checkpoint {c} does not exist" + (" (a model folder? pass its model.pth)" if Path(c).is_dir() else ''))
+        if Path(c).is_file(): continue
+        from carvana_fastai.checkpoint import shipped_models
+        hint = " (a model folder? pass its model.pth)" if Path(c).is_dir() else f" (nor a shipped model: {', '.join(shipped_models())})" if not Path(c).suffix else ''
+        raise UsageError(f"checkpoint {c} does not exist" + hint)
 
 def _onnx_ensemble(args, refiner=None):
     "The `OnnxEnsemble` of `--engine onnx`: one .onnx file from `export` (with `refiner` after it)."
@@ -95,7 +105,7 @@ def _refine_method(args) -> str:
         raise UsageError(f"--refiner is the learned refiner's checkpoint: use it with --refine learned, not --refine {method}")
     if method == 'learned' and not args.refiner:
         raise UsageError("--refine learned needs --refiner FILE, the refiner's checkpoint (`refine-train` makes one)")
-    if method != 'none' and args.merge != 'mean':
+    if method != 'none' and (args.merge or 'mean') != 'mean':
         raise UsageError(f"--refine {method} refines the mean merge's probabilities, not --merge {args.merge}'s vote")
     check_refiner_file(args.refiner, '--refiner')
     return method
@@ -113,7 +123,14 @@ def _ens_from_args(args, device):
     if getattr(args, 'engine', 'torch') == 'onnx': return _onnx_ensemble(args, refiner)
     onnx = [m for m in args.models if str(m).endswith('.onnx')]
     if onnx: raise UsageError(f"{onnx[0]} is an ONNX graph: run it with --engine onnx")
-    try: return ensemble_step(args.models, args.tta, args.weights, args.merge, getattr(args, 'threshold', None) or 0.5, device, refiner)
+    t = getattr(args, 'threshold', None)
+    t = None if t == 'best' else t                                   # 'best' is picked by `evaluate` later
+    try:
+        if _shipped_name(args.models):                                # its own TTA, merge, threshold and refiner unless given
+            from carvana_fastai.ensemble import load_ensemble
+            given = args.refine is not None or args.refiner is not None
+            return load_ensemble(args.models[0], args.weights, args.tta, args.merge, device, t, refiner=(refiner or 'none') if given else None)
+        return ensemble_step(args.models, args.tta or 'hflip', args.weights, args.merge or 'mean', t or 0.5, device, refiner)
     except ValueError as e: raise UsageError(' '.join(str(e).split())) from None
 
 def _torch_only(args, what):
@@ -123,6 +140,13 @@ def _layout_args(args) -> dict:
     return {k: getattr(args, a) for a, k in _LAYOUT_ARGS.items() if getattr(args, a, None) is not None}
 
 # %% ../nbs/16a_commands.ipynb #0cb6894d
+def _first_split(models) -> tuple:
+    "`(path, split)`: the first checkpoint of `models` (or of the shipped model) and the car split it was trained with."
+    from carvana_fastai.checkpoint import read_checkpoint, shipped_model
+    name = _shipped_name(models)
+    path = shipped_model(name)['members'][0] if name else models[0]
+    return path, read_checkpoint(path).get('split') or {}
+
 def cmd_evaluate(args):
     "`evaluate`: the paper's table for the given checkpoints."
     _torch_only(args, 'evaluate')
@@ -132,11 +156,17 @@ def cmd_evaluate(args):
     device = pick_device(args.device)
     if args.out: check_writable(args.out)
     ens = _ens_from_args(args, device)
-    from carvana_fastai.checkpoint import read_checkpoint
-    split = read_checkpoint(args.models[0]).get('split') or {}
-    valid_pct = args.valid_pct if args.valid_pct is not None else split.get('valid_pct', 0.2)
+    first, split = _first_split(args.models)
+    held_out = args.held_out or args.valid_pct is None and split.get('valid_pct') == 0 and 'fold' not in split
+    if held_out and args.valid_pct is not None: raise UsageError("evaluate: --held-out evaluates every photo of --data: leave out --valid-pct")
+    if held_out and not args.held_out: say(f"evaluate: {args.models[0]} was trained on every car it had: every labelled photo of {data} is evaluated (--held-out)")
+    valid_pct = 1 if held_out else args.valid_pct if args.valid_pct is not None else split.get('valid_pct', 0.2)
     seed = args.seed if args.seed is not None else split.get('seed', 42)
     items = load_items(data, **lay) if lay.get('layout', 'carvana') != 'carvana' else None
+    if 'fold' in split and args.valid_pct is None and not held_out:      # a fold model: the cars of its fold
+        from carvana_fastai.evaluate import held_out as fold_rows
+        items, valid_pct = fold_rows(first, load_items(data, **lay) if items is None else items), 1
+        say(f"evaluate: {first} is fold {split['fold']+1} of {split['k']}: the {items['car_id'].nunique()} cars it held out")
     evaluate_step(ens, data, valid_pct, seed, args.bs, args.out, best=args.threshold == 'best', items=items)
 
 # %% ../nbs/16a_commands.ipynb #a7634ef0
@@ -176,7 +206,7 @@ _CKPT_EXTS = ('.pth', '.pt', '.ckpt', '.safetensors', '.onnx')
 def _split_models(models, inputs):
     "(checkpoints, inputs): with no INPUT after the options, the values after the last checkpoint file in `models`."
     if inputs: return models, inputs
-    last = max((i for i, m in enumerate(models) if Path(m).suffix.lower() in _CKPT_EXTS), default=len(models) - 1)
+    last = max((i for i, m in enumerate(models) if Path(m).suffix.lower() in _CKPT_EXTS or _shipped_name([m])), default=len(models) - 1)
     return models[:last+1], models[last+1:]
 
 def cmd_cutout(args):
@@ -212,6 +242,7 @@ def cmd_export(args):
         raise UsageError("export: a refiner is PyTorch and is not part of the graph; pass --refine to the command that runs the "
                          ".onnx file (predict, cutout or serve with --engine onnx)")
     _check_ckpts(args.models)
+    args.refine = 'none'                                              # a shipped model's refiner is not exported either
     if not str(args.out).endswith('.onnx'): raise UsageError(f"--out {args.out}: the export's name must end with .onnx")
     check_writable(Path(args.out).parent)
     try: from carvana_fastai.export import export_onnx
@@ -242,6 +273,6 @@ def cmd_refine_train(args):
         f"or refine: {{method: learned, checkpoint: {out}}} in a config")
 
 # %% ../nbs/16a_commands.ipynb #f3bbfbc6
-COMMANDS = {'all': cmd_all, 'synth': cmd_synth, 'train': cmd_train, 'evaluate': cmd_evaluate, 'predict': cmd_predict,
+COMMANDS = {'all': cmd_all, 'synth': cmd_synth, 'train': cmd_train, 'evaluate': cmd_evaluate, 'predict': cmd_predict,   # the sub-commands by name
             'merge-shards': cmd_merge, 'validate-submission': cmd_validate, 'cutout': cmd_cutout,
             'serve': cmd_serve, 'export': cmd_export, 'refine-train': cmd_refine_train}

@@ -11,7 +11,7 @@ import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from .core import hw, is_num, did_you_mean, check_choice, amp_dtype, renamed_kwargs
 from .images import read_image
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, shipped_model
 
 # %% auto #0
 __all__ = ['TTA_TFMS', 'TTA_PRESETS', 'TTAS', 'TTA_MERGES', 'ENSEMBLE_MERGES', 'BAND_TILE', 'TTATfm', 'HFlip', 'VFlip', 'Scale',
@@ -67,8 +67,8 @@ class Compose(TTATfm):
         return y
 
 # %% ../nbs/11_ensemble.ipynb #ed5b1c2d
-TTA_TFMS = dict(identity=TTATfm, hflip=HFlip, vflip=VFlip, hvflip=lambda: Compose(HFlip(), VFlip()))
-TTA_PRESETS = dict(none=['identity'], hflip=['identity', 'hflip'], vflip=['identity', 'vflip'],
+TTA_TFMS = dict(identity=TTATfm, hflip=HFlip, vflip=VFlip, hvflip=lambda: Compose(HFlip(), VFlip()))   # the TTA transforms by name, each undone on the prediction
+TTA_PRESETS = dict(none=['identity'], hflip=['identity', 'hflip'], vflip=['identity', 'vflip'],   # the TTA a `tta=` name stands for
                    flips=['identity', 'hflip', 'vflip', 'hvflip'], scales=['identity', 'scale0.75', 'scale1.25'],
                    hflip_scales=['identity', 'hflip', 'scale0.75', 'hflip+scale0.75', 'scale1.25', 'hflip+scale1.25'])
 TTAS = TTA_PRESETS   # the names a `tta=` string may take
@@ -98,7 +98,7 @@ def tta_tfms(tta='hflip') -> list:
 
 # %% ../nbs/11_ensemble.ipynb #c827f554
 def _gmean(p): return p.clamp_min(1e-7).log().mean(0).exp()
-TTA_MERGES = dict(mean=lambda p: p.mean(0), gmean=_gmean, max=lambda p: p.amax(0))
+TTA_MERGES = dict(mean=lambda p: p.mean(0), gmean=_gmean, max=lambda p: p.amax(0))   # how a member combines its TTA predictions
 
 def _plain(y) -> torch.Tensor:
     "`y` as a plain tensor if it is one of fastai's subclasses (`TensorBase`: its `__torch_function__` slows every op after it)."
@@ -159,7 +159,7 @@ class Member(nn.Module):
     def extra_repr(self): return f"name={self.name!r}, size={self.size}, tta={self.tta.tfms}, tta_merge={self.tta.tta_merge!r}"
 
 # %% ../nbs/11_ensemble.ipynb #49ccb1b9
-ENSEMBLE_MERGES = ('mean', 'vote')
+ENSEMBLE_MERGES = ('mean', 'vote')   # how an ensemble combines its members: weighted mean of probabilities, or weighted vote of masks
 
 def check_weights(weights, n) -> list:
     "Weights for `n` members normalised to sum 1 (equal when None); `ValueError` unless `n` numbers >= 0 with a positive sum."
@@ -189,7 +189,7 @@ def probs_to_mask(out, merge='mean', threshold=0.5) -> torch.Tensor:
     return (out > (0.5 if merge == 'vote' else threshold)).view(torch.uint8)     # a view of the bools: no second pass
 
 # %% ../nbs/11_ensemble.ipynb #31a0e441
-BAND_TILE, _BAND_MARGIN, _TIE, _BAND_OK = 16, 1e-5, 4e-6, {}
+BAND_TILE, _BAND_MARGIN, _TIE, _BAND_OK = 16, 1e-5, 4e-6, {}   # BAND_TILE: the side in pixels of the tiles the uncertain band is cut into
 
 def _fma(a, b, c) -> torch.Tensor:
     "`a*b + c` rounded once to float32 (a fused multiply-add), computed in float64."
@@ -401,10 +401,27 @@ def _member(ck, tta, tta_merge):
         if meta.get(k) is None: raise ValueError(f"checkpoint {name or 'meta'}: no {k!r}: cannot tell how to feed the model")
     return Member(model.eval(), meta['stats'], meta['size'], tta, tta_merge, name=name or meta.get('name'))
 
+def _is_shipped(ck) -> bool: return isinstance(ck, str) and not Path(ck).suffix and '/' not in ck and not Path(ck).is_file()
+
+def _shipped(name, weights, tta, merge, threshold, refiner) -> tuple:
+    "The checkpoints and settings of the shipped model `name`: its manifest's, where the call leaves them None."
+    s = shipped_model(name)
+    pick = lambda v, k: s.get(k) if v is None else v
+    refiner = dict(s.get('refine') or {}) if refiner is None else refiner
+    return s['members'], pick(weights, 'weights'), pick(tta, 'tta'), pick(merge, 'merge'), pick(threshold, 'threshold'), refiner
+
+def _refiner_of(refiner):
+    "A refiner from a method name ('none', 'guided') or a `refine.get_refiner` keyword dict; a callable as it is."
+    if not isinstance(refiner, (str, dict)): return refiner
+    from carvana_fastai.refine import get_refiner
+    return get_refiner(refiner) if isinstance(refiner, str) else get_refiner(**refiner) if refiner else None
+
 @renamed_kwargs(thresh='threshold')
-def load_ensemble(checkpoints, weights=None, tta='hflip', merge='mean', device=None, threshold=0.5, tta_merge='mean',
+def load_ensemble(checkpoints, weights=None, tta=None, merge=None, device=None, threshold=None, tta_merge='mean',
                   mixed_precision='auto', channels_last='auto', refiner=None) -> Ensemble:
-    "An `Ensemble` of `checkpoints` (paths, `(model, meta)` pairs or `Member`s) with `weights`, TTA, merge and `refiner`, on `device`."
+    "An `Ensemble` of `checkpoints` (paths, `(model, meta)` pairs, `Member`s, or a shipped model's name) with `weights`, TTA, merge and `refiner`, on `device`."
+    if _is_shipped(checkpoints): checkpoints, weights, tta, merge, threshold, refiner = _shipped(checkpoints, weights, tta, merge, threshold, refiner)
+    tta, merge, threshold, refiner = tta or 'hflip', merge or 'mean', 0.5 if threshold is None else threshold, _refiner_of(refiner)
     cks = [checkpoints] if isinstance(checkpoints, (str, Path, Member)) else list(checkpoints)
     if not cks: raise ValueError("load_ensemble: no checkpoints given")
     missing = [str(c) for c in cks if isinstance(c, (str, Path)) and not Path(c).is_file()]

@@ -81,7 +81,7 @@ def check_photos(sizes=((75, 113), (1280, 1918)), n=1, seed=0) -> list:
     return out
 
 # %% ../nbs/20_export.ipynb #80714e5f
-ONNX_FORMAT = 'carvana_fastai.onnx'
+ONNX_FORMAT = 'carvana_fastai.onnx'   # the format tag of an exported graph's JSON
 
 def _tta_names(member, tta): return [t.name for t in member.tta.tfms] if tta else ['identity']
 

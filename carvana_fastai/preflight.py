@@ -24,7 +24,7 @@ def check_data(path, split='train', layout='carvana', images='images', masks='ma
         raise UsageError(f"data folder {p} has no {split}/ folder (expected the Carvana layout: train/, train_masks/, test/)")
     return p
 
-LAYOUT_KEYS = ('layout', 'images', 'masks', 'mask_suffix', 'group')
+LAYOUT_KEYS = ('layout', 'images', 'masks', 'mask_suffix', 'group')   # the data section's keys that say where photos and masks are
 
 def layout_of(d) -> dict:
     "The layout keys a config's data section sets."
@@ -115,7 +115,7 @@ def preflight(cfg, data=None, out=None, device='auto', resume=False, models_dir=
     return device
 
 # %% ../nbs/15a_preflight.ipynb #e72dd066
-ONNX_MODULES = ('onnx', 'onnxscript', 'onnxruntime')
+ONNX_MODULES = ('onnx', 'onnxscript', 'onnxruntime')   # the modules export and --engine onnx need (the [onnx] extra)
 
 def check_engine(engine, where='predict.engine'):
     "`UsageError` unless the modules of `engine` are installed (`onnx`: the `[onnx]` extra, to export and to run)."

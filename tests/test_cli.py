@@ -63,7 +63,7 @@ def test_help_is_fast_and_light():
         h = ok(cli(c, '--help')).stdout
         assert '(default:' in h, f"{c} --help shows no defaults:\n{h}"
     h = cli('predict', '--help').stdout
-    assert '(default: hflip)' in h and '(default: submission.csv)' in h and '--shard' in h
+    assert '(default: hflip, or a shipped' in h and '(default: submission.csv)' in h and '--shard' in h
     assert '(default: 320x480)' in cli('synth', '--help').stdout
     assert 'COMMAND' in ok(cli('--help')).stdout
 

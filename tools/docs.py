@@ -17,7 +17,6 @@ does before Sphinx runs, on copies in `_proc/docs_src/`:
 
 Broken or stale docs fail the build (exit code 1): a public name without a docstring (a constant without a comment on
 its line), a notebook missing from the navigation, a link to a missing page or anchor (Sphinx runs with `-W`).
-Names listed in PENDING are reported but do not fail the build: their notebooks are being rewritten.
 """
 from __future__ import annotations
 import argparse, ast, copy, importlib, inspect, io, json, re, shutil, sys, time, tokenize, warnings
@@ -26,10 +25,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LIB = 'carvana_fastai'
-# Notebooks whose public names may lack a description for now: 11_ensemble, 15_workflow, 16_cli, 17_run, 20_export and
-# the notebooks split from them (15a_preflight, 16a_commands, ...) are being restructured. The build lists their
-# undocumented names; an undocumented name anywhere else fails it. Shrink this as their docstrings land.
-PENDING = re.compile(r'(11|15|16|17|20)[a-z]?_')
 
 @dataclass
 class Name:
@@ -365,8 +360,7 @@ def build(out=ROOT/'_docs', execute=(), quiet=True, src=ROOT/'_proc'/'docs_src')
     nb_of.update({m: nb.stem for nb, m in notebooks() if m})
     problems = [f'{LIB}.{m} cannot be imported, so its names cannot be documented: {e}' for m, e in broken.items()]
     for m, bad in undocumented(names).items():
-        if PENDING.match(nb_of[m]): print(f"docs: pending, no description yet in nbs/{nb_of[m]}.ipynb: {', '.join(bad)}", file=sys.stderr)
-        else: problems += [f'{LIB}.{m}.{n} (nbs/{nb_of[m]}.ipynb): no docstring (a constant: no comment on its line)' for n in bad]
+        problems += [f'{LIB}.{m}.{n} (nbs/{nb_of[m]}.ipynb): no docstring (a constant: no comment on its line)' for n in bad]
     pages = stage(src, names, execute)
     html = src/'_build'/'html'   # myst-nb writes its jupyter_execute/ beside the output folder: keep it in the staging tree
     args = ['-b', 'html', '-W', '--keep-going', '-E', '-j', 'auto', '-d', str(src/'_build'/'doctrees')] + (['-q'] if quiet else []) + [str(src), str(html)]
