@@ -196,9 +196,10 @@ def evaluate_folds(checkpoints, data=None, items=None, bs=4, progress=True, boun
     return out
 
 def fold_threshold(checkpoints, data=None, items=None, thresholds=None, tta=True, bs=4, progress=True, **kwargs) -> tuple:
-    "`(best threshold, DataFrame[threshold, dice])` on the out-of-fold maps of `checkpoints` (each fold's model or members on the cars it held out)."
+    "`(best threshold, DataFrame[threshold, dice])` on the out-of-fold maps of `checkpoints` (each fold's model or members on the cars it held out); `tta` a bool or a TTA name."
     items = carvana_items(data, 'train') if items is None else items
-    curves = [(best_threshold(load_ensemble(_group(ck), **kwargs), items=s, valid_pct=1, thresholds=thresholds, tta=tta, bs=bs, progress=progress)[1], len(s))
+    name, tta = (tta, tta != 'none') if isinstance(tta, str) else (None, tta)
+    curves = [(best_threshold(load_ensemble(_group(ck), tta=name, **kwargs), items=s, valid_pct=1, thresholds=thresholds, tta=tta, bs=bs, progress=progress)[1], len(s))
               for ck, s in zip(checkpoints, _fold_sets(checkpoints, items))]
     df = curves[0][0].assign(dice=sum(c.dice*k for c, k in curves) / sum(k for _, k in curves))
     best = df.dice.round(9).max()
