@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, sys, time
 from pathlib import Path
-from .core import UsageError, check_choice, check_writable, fmt_secs, rank, say, world
+from .core import PHOTO_EXTS, UsageError, check_choice, check_writable, fmt_secs, rank, say, world
 from .config import config_yaml, load_config
 from .preflight import check_data, check_layout, check_refiner_file, image_inputs, layout_of, pick_device, preflight
 from .workflow import (cutout_step, ensemble_step, evaluate_step, load_items, predict_step, run_all, run_folder,
@@ -206,7 +206,9 @@ _CKPT_EXTS = ('.pth', '.pt', '.ckpt', '.safetensors', '.onnx')
 def _split_models(models, inputs):
     "(checkpoints, inputs): with no INPUT after the options, the values after the last checkpoint file in `models`."
     if inputs: return models, inputs
-    last = max((i for i, m in enumerate(models) if Path(m).suffix.lower() in _CKPT_EXTS or _shipped_name([m])), default=len(models) - 1)
+    last = max((i for i, m in enumerate(models) if Path(m).suffix.lower() in _CKPT_EXTS or _shipped_name([m])), default=None)
+    if last is None:                                                   # no checkpoint among them: the photos start at the first photo
+        last = next((i - 1 for i, m in enumerate(models) if i and (Path(m).suffix.lower() in PHOTO_EXTS or Path(m).is_dir())), len(models) - 1)
     return models[:last+1], models[last+1:]
 
 def cmd_cutout(args):

@@ -367,3 +367,12 @@ def test_all_folds_out_of_fold_and_resume(tmp_path, cli_data):
     assert 'train a fold 2/2: reusing' in r.stdout and 'train b fold 1/2: reusing' in r.stdout
     assert (run/'models/a/fold1/model.pth').stat().st_mtime_ns == a_time
     assert (run/'models/b/fold1/model.pth').is_file() and (run/'report.md').is_file()
+
+def test_shipped_model_in_the_commands(tmp_path, cli_data):
+    "`--models cars` in cutout, evaluate (a labelled folder, whole: the shipped model saw none of it) and export: no training, no checkpoint path."
+    photo = sorted((cli_data/'test').iterdir())[0]
+    r = ok(cli('cutout', '--models', 'cars', photo, '--out', tmp_path/'cut'))
+    assert (tmp_path/'cut'/f'{photo.stem}.png').is_file()
+    r = ok(cli('evaluate', '--models', 'cars', '--data', cli_data, '--tta', 'none', '--refine', 'none'))
+    assert 'every labelled photo' in r.stdout and '12 labelled photos of 6 cars' in r.stdout
+    one_line_error(cli('cutout', '--models', 'trucks', photo, '--out', tmp_path/'cut'), 'checkpoint trucks does not exist', 'nor a shipped model: cars')

@@ -56,3 +56,21 @@ def test_one_short_training_step_on_real_photos(items, tmp_path):
     assert np.isfinite(hist['train_loss']).all() and np.isfinite(hist['valid_loss']).all()
     m = predict_image(load_ensemble([tmp_path/'m'/'model.pth'], tta='none'), sub['img'].iloc[0])
     assert m.shape == (1280, 1918) and m.dtype == np.uint8
+
+def test_shipped_car_model_cuts_out_a_real_photo(items, tmp_path):
+    "`load_ensemble('cars')` with the TTA, threshold and refiner it ships with: an RGBA cut-out of a real photo whose alpha agrees with Kaggle's mask (a car it was trained on: this checks it loads and works, not its accuracy)."
+    from PIL import Image
+    from carvana_fastai.checkpoint import shipped_model
+    from carvana_fastai.cutout import cutout
+    from carvana_fastai.data import load_mask
+    from carvana_fastai.ensemble import load_ensemble
+    from carvana_fastai.rle import dice
+    spec = shipped_model('cars')
+    ens = load_ensemble('cars', device='cpu')
+    assert ens.threshold == spec['threshold'] and len(ens.members) == len(spec['members'])
+    assert (ens.refiner is None) == (spec['refine']['method'] == 'none')
+    row = items.iloc[5]
+    out = cutout(ens, row['img'])
+    assert out.mode == 'RGBA' and out.size == (1918, 1280)
+    alpha = np.asarray(out)[..., 3] > 127
+    assert dice(alpha, load_mask(row).astype(bool)) > 0.98
