@@ -99,7 +99,9 @@ def png_encoders(rgba):
     from carvana_fastai.cutout import _png
     im = Image.fromarray(rgba, 'RGBA')
     def pil(level):
-        def f(): buf = io.BytesIO(); im.save(buf, format='PNG', compress_level=level)
+        def f():
+            buf = io.BytesIO(); im.save(buf, format='PNG', compress_level=level)
+            return buf.getvalue()
         return f
     fns = {"cutout._png (Up filter, zlib level 1)": lambda: _png(rgba), 'Pillow compress_level=1': pil(1),
            'Pillow compress_level=6 (its default)': pil(6)}
@@ -121,7 +123,7 @@ def main(argv=None):
     p.add_argument('--tta', default=None, help="TTA (default: the shipped model's own, else hflip)")
     p.add_argument('--refine', default=None, help="refiner: none, guided (default: the shipped model's own, else none)")
     p.add_argument('--oof', nargs='*', default=[], help='fold checkpoints: our accuracy, each on the cars it held out')
-    p.add_argument('--accuracy-photos', type=int, default=None, help='photos scored for accuracy (default: all; 0: none)')
+    p.add_argument('--accuracy-photos', type=int, default=None, help='photos scored for accuracy, spread over the views of every car (default: all; 0: none)')
     p.add_argument('--n', type=int, default=16, help='photos cut out end to end per timed round')
     p.add_argument('--bs', type=int, default=4, help='our batch size end to end')
     p.add_argument('--picture', default=str(ROOT/'docs'/'edges_vs_rembg.png'), help='the edge picture to write')
@@ -146,7 +148,7 @@ def main(argv=None):
     table = {m: mean_scores([scores(rembg_mask(s, r['img']), load_mask(r).astype(bool)) for _, r in acc.iterrows()])
              for m, s in sessions.items()}
     if args.oof:
-        oof = our_oof_scores(args.oof, dict(tta=_tta_of(ours), threshold=ours.threshold, refiner=ours.refiner), items, dev)
+        oof = our_oof_scores(args.oof, dict(tta=_tta_of(ours), threshold=ours.threshold, refiner=ours.refiner), acc, dev)   # the same photos
         table['ours (out of fold)'] = mean_scores(oof)
     acc_s = time.time() - t0
     # speed: photo file in, RGBA PNG file out, N photos, alternating rounds
@@ -179,7 +181,7 @@ def main(argv=None):
         rgba = np.asarray(composite(x[0], a))
         def forward():
             with torch.inference_mode(): ensemble_probs(ours, x.to(dev))
-        stages = {'decode the JPEG (1918x1280)': lambda: load_photo(photos[0]),
+        stages = {'decode the JPEG (1918x1280)': lambda: np.asarray(load_photo(photos[0])),
                   'members + TTA + refiner at full resolution': forward,
                   'soft alpha': lambda: alpha_from_probs(probs, threshold=ours.threshold),
                   'compose RGBA with edge clean-up': lambda: composite(x[0], a)}
