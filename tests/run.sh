@@ -12,7 +12,7 @@ if ! diff -r -x __pycache__ "$before/carvana_fastai" carvana_fastai; then
   exit 1
 fi
 echo "in sync"
-echo "== nbdev_clean: are the notebooks committed clean (no outputs, no metadata; settings.ini clear_all)?"
+echo "== nbdev_clean: are the notebooks committed clean (no metadata, no execution counts; outputs kept: settings.ini clear_all = False)?"
 cp -r nbs "$before/nbs"
 nbdev_clean --fname "$before/nbs"
 if ! diff -r -q nbs "$before/nbs"; then

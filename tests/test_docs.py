@@ -1,20 +1,24 @@
 """The documentation site (`python tools/docs.py`, issue 21): built from the notebooks without executing them, then read
 in a real headless Chromium (Debian's `chromium`, driven by Playwright): every page loads without a console error or a
-failed request, every internal link and anchor resolves, every image shows, and the search box finds the main names.
-Broken docs (a link to a missing anchor or page, a public name without a description) fail the build.
+failed request, every internal link and anchor resolves, every image shows, the pictures stored in the notebooks show on
+their pages, and the search box finds the main names. Broken docs (a link to a missing anchor or page, a public name
+without a description) fail the build. The notebooks' stored outputs (`python tools/docs.py --store`) are checked
+without the site: small, without this machine's paths, and a picture in each notebook of `PICTURES`.
 
-Skipped, with the reason, where the docs extra (`pip install -e ".[docs]"`), Playwright or Chromium is missing.
+Skipped, with the reason, where the docs extra (`pip install -e ".[docs]"`), Playwright or Chromium is missing (the
+check of the stored outputs needs none of them).
 The README's screenshots of the site come from this test:
 
     DOCS_SCREENSHOTS=docs python -m pytest tests/test_docs.py -k search
 """
-import functools, http.server, importlib.util, json, os, re, subprocess, sys, threading
+import functools, http.server, importlib.util, json, os, re, shutil, subprocess, sys, tempfile, threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 import pytest
-for _m in ('sphinx', 'myst_nb', 'furo'):
-    pytest.importorskip(_m, reason="the docs extra is not installed: pip install -e '.[docs]'")
 from conftest import save_screenshot
+
+DOCS_EXTRA = [m for m in ('sphinx', 'myst_nb', 'furo', 'execnb') if importlib.util.find_spec(m) is None]   # what is missing
+needs_extra = pytest.mark.skipif(bool(DOCS_EXTRA), reason=f"the docs extra is not installed ({', '.join(DOCS_EXTRA)}): pip install -e '.[docs]'")
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location('docs_tool', ROOT/'tools'/'docs.py')
@@ -23,6 +27,7 @@ docs = sys.modules['docs_tool'] = importlib.util.module_from_spec(_spec); _spec.
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
     "The site, built as the README says (no notebook executed), into a temporary folder."
+    if DOCS_EXTRA: pytest.skip(f"the docs extra is not installed ({', '.join(DOCS_EXTRA)}): pip install -e '.[docs]'")
     d = tmp_path_factory.mktemp('docs')
     r = subprocess.run([sys.executable, str(ROOT/'tools'/'docs.py'), '--out', str(d/'site'), '--src', str(d/'src')],
                        capture_output=True, text=True, timeout=900, env={**os.environ, 'PYTHONWARNINGS': 'ignore'})
@@ -93,6 +98,17 @@ def test_pages_load_links_and_images_resolve(browser, site, url):
         if u.fragment and f.suffix == '.html' and unquote(u.fragment) not in ids_of(f): broken.append(f'{src} -> {h}: no such anchor')
     assert len(links) > 500 and not broken, broken[:20]
 
+@pytest.mark.parametrize('stem', ['18_cutout', '04_synth'])
+def test_stored_pictures_show(browser, site, url, stem):
+    "A page that shows results shows the pictures stored in its notebook (myst-nb: an <img> in a cell's output), and they load."
+    page = browser.new_page(viewport={'width': 1400, 'height': 900})
+    page.goto(f'{url}/nbs/{stem}.html', wait_until='load')
+    imgs = page.evaluate("Array.from(document.querySelectorAll('div.cell_output img'))"
+                         ".map(i => ({src: i.getAttribute('src'), ok: i.complete, w: i.naturalWidth}))")
+    assert imgs and all(i['ok'] and i['w'] > 0 for i in imgs), imgs
+    stored = {w for _, (w, h) in docs.images(json.loads((ROOT/'nbs'/f'{stem}.ipynb').read_text(encoding='utf-8')))}
+    assert stored and {i['w'] for i in imgs} <= stored, (imgs, stored)     # the pictures are the stored ones, at their size
+
 @pytest.mark.parametrize('word,where', [('cutout', 'nbs/18_cutout.html'), ('train_progressive', 'nbs/09_train.html'),
                                         ('load_ensemble', 'nbs/11_ensemble.html'), ('refine', 'nbs/21_refine.html')])
 def test_search_box_finds(browser, site, url, word, where):
@@ -130,6 +146,7 @@ SHOW_DOC = ('---\n\n[source](https://example.invalid/f.py#L1){target="_blank" st
             '| a | int | 1 | the number |\n')
 PNG = ('iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP8z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg==')
 
+@needs_extra
 def test_stored_outputs_show_and_hidden_cells_go(tmp_path):
     "A notebook stored with outputs: show_doc's Markdown renders as a table, a plot as an image; nbdev's directives apply."
     nb = notebook([
@@ -154,6 +171,7 @@ def test_stored_outputs_show_and_hidden_cells_go(tmp_path):
     assert re.search(r'<table[^>]*>.*<td[^>]*>(<p>)?the number', html, re.S), 'show_doc table not rendered as a table'
     assert '{target=' not in html and re.search(r'<img[^>]+src="[^"]+\.png"', html)
 
+@needs_extra
 def test_broken_links_fail_the_build(tmp_path):
     site = tmp_path/'src'; site.mkdir()
     (site/'index.md').write_text('# T\n\n## A section\n\n[fine](#a-section)\n\n```{toctree}\npage\n```\n')
@@ -180,6 +198,7 @@ def test_undocumented_names_are_found(tmp_path):
     names = {'m': [docs.Name('m', n, 'data', 'm', doc=v[2]) for n, v in defs.items()]}
     assert docs.undocumented(names) == {'m': ['C', 'f']}
 
+@needs_extra
 def test_execute_fills_outputs(tmp_path):
     "`--execute` runs a notebook as nbdev_test does (slow and notest cells skipped) and the page gets the outputs."
     nb = notebook([
@@ -190,3 +209,53 @@ def test_execute_fills_outputs(tmp_path):
     p = tmp_path/'01_x.ipynb'; p.write_text(json.dumps(nb))
     cells = {c['id']: c for c in docs.process_notebook(p, [], docs.run_notebook(p))['cells']}
     assert 'a' not in cells and ''.join(cells['b']['outputs'][0]['text']) == '42\n' and not cells['c']['outputs']
+
+# Stored outputs: what `python tools/docs.py --store` writes into the notebooks, and what the notebooks hold.
+
+def test_notebooks_hold_small_stored_outputs():
+    "Each notebook's stored outputs are small, with PNGs at most STORE_WIDTH wide, no local paths, none for skipped cells; each notebook of PICTURES holds a picture (a clean that drops outputs fails here)."
+    nbs = sorted((ROOT/'nbs').glob('*.ipynb'))
+    assert set(docs.PICTURES) <= {p.stem for p in nbs}
+    assert docs.missing_pictures() == []
+    for p in nbs:
+        nb = json.loads(p.read_text(encoding='utf-8'))
+        assert docs.output_bytes(nb) <= docs.STORE_LIMIT, (p.name, docs.output_bytes(nb))
+        assert all(w <= docs.STORE_WIDTH for _, (w, h) in docs.images(nb)), (p.name, docs.images(nb))
+        for c in nb['cells']:
+            if c['cell_type'] != 'code': continue
+            d = docs.directives(''.join(c['source']))[0]
+            if {'slow', 'notest'} & set(d) or 'false' in (d.get('output'), d.get('eval', '').lower()): assert not c['outputs'], (p.name, c['id'])
+            for o in c['outputs']:
+                text = ''.join(o.get('text', '')) + ''.join(''.join(v) for k, v in o.get('data', {}).items() if k.startswith('text/'))
+                for local in (str(ROOT), tempfile.gettempdir().rstrip('/') + '/tmp', str(Path.home()) + '/'):
+                    assert local not in text, (p.name, c['id'], local)
+
+def code_cell(i, src, outputs=()):
+    return {'cell_type': 'code', 'id': i, 'metadata': {}, 'execution_count': None, 'outputs': list(outputs), 'source': src}
+
+@needs_extra
+def test_store_writes_small_clean_outputs(tmp_path):
+    "`--store`: the outputs of the cells nbdev_test runs, a wide figure scaled down, no local paths, none for slow or `output: false` cells; nbdev_clean leaves the file as it is, storing again gives the same file, and outputs over the limit are refused."
+    stale = {'output_type': 'stream', 'name': 'stdout', 'text': ['from an old run\n']}
+    nb = notebook([
+        code_cell('a', "import tempfile\nfrom pathlib import Path\nd = Path(tempfile.mkdtemp())\nprint(d/'x.csv')"),
+        code_cell('b', "import matplotlib.pyplot as plt\nplt.figure(figsize=(12, 2)); plt.plot([1, 3, 2]);"),
+        code_cell('c', "#| slow\nprint('slow')", [stale]),
+        code_cell('d', "#| output: false\nprint('a timing')"),
+        code_cell('e', "from IPython.display import Markdown\nMarkdown('| a |\\n| - |\\n| 1 |')"),
+    ])
+    p = tmp_path/'01_x.ipynb'; p.write_text(json.dumps(nb))
+    assert docs.store([p]) == []
+    out = json.loads(p.read_text(encoding='utf-8')); cells = {c['id']: c for c in out['cells']}
+    assert ''.join(cells['a']['outputs'][0]['text']) == 'tmp/x.csv\n'
+    assert [s for _, s in docs.images(out)] == [(docs.STORE_WIDTH, docs.images(out)[0][1][1])]
+    assert cells['c']['outputs'] == [] and cells['d']['outputs'] == []
+    o = cells['e']['outputs'][0]
+    assert 'text/markdown' in o['data'] and o['execution_count'] is None and not out['metadata']
+    first = p.read_text(encoding='utf-8')
+    if (clean := shutil.which('nbdev_clean')):
+        subprocess.run([clean, '--fname', str(p)], cwd=ROOT, check=True)     # nbdev_clean keeps the stored outputs as they are
+        assert p.read_text(encoding='utf-8') == first
+    assert docs.store([p]) == [] and p.read_text(encoding='utf-8') == first   # storing again gives the same file
+    problems = docs.store([p], limit=1000)
+    assert len(problems) == 1 and 'over the limit of 1,000' in problems[0] and p.read_text(encoding='utf-8') == first

@@ -4,6 +4,16 @@
     python tools/docs.py                      # -> _docs/index.html; no notebook is executed (stored outputs are shown)
     python tools/docs.py --execute 18_cutout  # run these notebooks first (as nbdev_test does) and show their outputs
     python tools/docs.py --execute all        # every notebook
+    python tools/docs.py --store              # run every notebook and store its outputs in nbs/*.ipynb (no site built)
+    python tools/docs.py --store 18_cutout    # only these
+
+The notebooks are committed with their outputs (settings.ini: clear_all = False, so nbdev_clean keeps them): `--store`
+runs each notebook in a fresh process as nbdev_test does (slow, notest and `eval: false` cells are skipped and left
+without outputs; one thread, so training prints and draws the same on any machine), keeps its outputs small and free
+of this machine's paths (PNGs at most `STORE_WIDTH` pixels wide in 256 colours, the repository, temporary and home
+folders dropped from text, no outputs for `#| output: false` cells, at most `STORE_LIMIT` bytes per notebook), writes
+them into the notebook and runs nbdev_clean on it. The notebooks of `PICTURES` must hold a picture: the build fails
+without one.
 
 Sphinx renders the pages (myst-nb for the notebooks, the furo theme). What nbdev's Quarto pipeline does, this script
 does before Sphinx runs, on copies in `_proc/docs_src/`:
@@ -16,7 +26,8 @@ does before Sphinx runs, on copies in `_proc/docs_src/`:
   parameters and a link to the notebook that defines it.
 
 Broken or stale docs fail the build (exit code 1): a public name without a docstring (a constant without a comment on
-its line), a notebook missing from the navigation, a link to a missing page or anchor (Sphinx runs with `-W`).
+its line), a notebook missing from the navigation, a link to a missing page or anchor (Sphinx runs with `-W`), a
+notebook of `PICTURES` without a stored picture.
 """
 from __future__ import annotations
 import argparse, ast, copy, importlib, inspect, io, json, re, shutil, sys, time, tokenize, warnings
@@ -329,20 +340,127 @@ def write_conf(src, project, version):
     (src/'favicon.svg').write_text(FAVICON, encoding='utf-8')
     (src/'conf.py').write_text(CONF.format(project=project, version=version), encoding='utf-8')
 
-def run_notebook(path):
-    "The notebook at `path` executed in its folder with execnb, as nbdev_test runs it (cells flagged notest or slow are skipped)."
+def run_notebook(path, mpl_format='retina', clear_skipped=False):
+    "The notebook at `path` executed in its folder with execnb, as nbdev_test runs it (cells flagged notest, slow or `eval: false` are skipped; their stored outputs are kept, or emptied with `clear_skipped`)."
     import os
     from execnb.nbio import nb2dict, read_nb
     from execnb.shell import CaptureShell
-    nbx, sh, cwd = read_nb(path), CaptureShell(), os.getcwd()
+    nbx, sh, cwd = read_nb(path), CaptureShell(mpl_format=mpl_format), os.getcwd()
     os.chdir(path.parent)
     try:
         for c in nbx.cells:
-            if c.cell_type != 'code' or {'notest', 'slow'} & set(directives(c.source)[0]): continue
+            if c.cell_type != 'code': continue
+            d = directives(c.source)[0]
+            if {'notest', 'slow'} & set(d) or d.get('eval', '').lower() == 'false' or 'nbdev_export' + '(' in c.source:   # nbdev_test's skips
+                if clear_skipped: c['outputs'] = []
+                continue
             sh.cell(c)   # stores the cell's outputs in it
-            if sh.exc: raise RuntimeError(f'{path.name}: a cell failed while executing: {sh.exc!r}')
+            if sh.exc: raise RuntimeError(f"{path.name}: cell {c.get('id')} failed while executing: {sh.exc!r}")
     finally: os.chdir(cwd)
     return nb2dict(nbx)
+
+# ---------------------------------------------------------------- stored outputs (`--store`)
+
+STORE_WIDTH = 600          # pixels: a stored picture wider than this is scaled down to it
+STORE_LIMIT = 200_000      # bytes: the most a notebook's stored outputs may take (pictures base64-encoded, as in the file)
+PICTURES = ('04_synth', '09_train', '13_evaluate', '18_cutout', '21_refine')   # notebooks whose pages must show a stored picture
+
+def _png_small(b64, width=STORE_WIDTH):
+    "A base64 PNG at most `width` pixels wide (Lanczos) and, where opaque, in 256 colours (no dithering), re-encoded by PIL: no timestamps or software tags."
+    import base64
+    from PIL import Image
+    im = Image.open(io.BytesIO(base64.b64decode(''.join(b64))))
+    im.load()
+    if im.mode == 'P': im = im.convert('RGBA' if 'transparency' in im.info else 'RGB')
+    if im.mode not in ('RGB', 'RGBA', 'L'): im = im.convert('RGBA')
+    if im.mode == 'RGBA' and im.getextrema()[3][0] == 255: im = im.convert('RGB')
+    if im.width > width: im = im.resize((width, max(1, round(im.height*width/im.width))), Image.LANCZOS)
+    if im.mode == 'RGB': im = im.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buf = io.BytesIO(); im.save(buf, 'PNG', optimize=True)
+    return base64.b64encode(buf.getvalue()).decode(), im.size
+
+def _tidy_text(text):
+    "Text output without this machine's paths: the repository's folder, the temporary folders notebooks make, the home folder."
+    import tempfile
+    tmp = re.escape(str(Path(tempfile.gettempdir())))
+    text = text.replace(str(ROOT) + '/', '').replace(str(ROOT), '.')
+    text = re.sub(tmp + r'/tmp[\w-]+', 'tmp', text)
+    return text.replace(str(Path.home()) + '/', '~/')
+
+def _lines(text):
+    "Text as a notebook stores it: a list of lines."
+    return text.splitlines(True)
+
+def tidy_outputs(nb, width=STORE_WIDTH):
+    "The outputs of notebook dict `nb` made small and machine-independent (in place): PNGs at most `width` wide, no local paths in text, none for `#| output: false` cells."
+    for c in nb['cells']:
+        if c['cell_type'] == 'code' and directives(''.join(c['source']))[0].get('output') == 'false': c['outputs'] = []
+        for o in c.get('outputs', []):
+            if 'text' in o: o['text'] = _lines(_tidy_text(''.join(o['text'])))
+            data = o.get('data', {})
+            for k in list(data):
+                if k == 'image/png':
+                    data[k], _ = _png_small(data[k], width)
+                    o['metadata'] = {}                       # no retina width/height: the picture is shown at its size
+                elif k.startswith('text/'): data[k] = _lines(_tidy_text(''.join(data[k])))
+    return nb
+
+def output_bytes(nb) -> int:
+    "Bytes of the outputs of notebook dict `nb` as the .ipynb file stores them (JSON)."
+    return sum(len(json.dumps(o)) for c in nb['cells'] for o in c.get('outputs', []))
+
+def images(nb) -> list:
+    "[(cell id, (w, h))] of the PNG outputs of notebook dict `nb`."
+    import base64
+    from PIL import Image
+    return [(c.get('id'), Image.open(io.BytesIO(base64.b64decode(''.join(o['data']['image/png'])))).size)
+            for c in nb['cells'] for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
+
+def missing_pictures(root=ROOT) -> list:
+    "Problems: the notebooks of `PICTURES` that hold no stored picture (a clean or a store that dropped their outputs)."
+    return [f"nbs/{stem}.ipynb: no stored picture (its page must show one): run python tools/docs.py --store {stem}"
+            for stem in PICTURES if not images(json.loads((root/'nbs'/f'{stem}.ipynb').read_text(encoding='utf-8')))]
+
+def run_isolated(path, width=STORE_WIDTH) -> dict:
+    "`run_notebook(path)` in a fresh Python process (what it prints and draws depends on nothing run before), its outputs tidied, as a notebook dict."
+    import os, subprocess, tempfile
+    code = ("import json, sys, runpy\nfrom pathlib import Path\n"
+            "src, dest, width = sys.argv[1:]; sys.argv[1:] = []\n"          # a cell that parses sys.argv sees no arguments
+            f"m = runpy.run_path({str(Path(__file__).resolve())!r})\n"
+            "nb = m['run_notebook'](Path(src), mpl_format='png', clear_skipped=True)\n"
+            "Path(dest).write_text(json.dumps(m['tidy_outputs'](nb, int(width))), encoding='utf-8')\n")
+    # as nbdev_test runs notebooks; one thread, so that what training prints and draws is the same on any machine
+    env = {**os.environ, 'MPLBACKEND': 'Agg', 'IN_TEST': '1', 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1',
+           'PYTHONWARNINGS': 'ignore::FutureWarning'}                # as tests/run.sh runs them
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([sys.executable, '-c', code, str(path), f'{d}/nb.json', str(width)], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode: raise RuntimeError(r.stdout.strip()[-3000:])
+        return json.loads(Path(d, 'nb.json').read_text(encoding='utf-8'))
+
+def store(paths, limit=STORE_LIMIT, width=STORE_WIDTH) -> list:
+    "Execute each notebook (as nbdev_test does: slow and notest cells skipped, left without outputs), store its outputs in it, `nbdev_clean` it; a list of problems."
+    from execnb.nbio import write_nb
+    from fastcore.xtras import working_directory
+    from nbdev.clean import nbdev_clean
+    problems = []
+    for p in paths:
+        t0 = time.time()
+        try: nb = run_isolated(p, width)
+        except Exception as e: problems.append(f'{p.name}: not stored, it failed:\n{e}'); continue
+        n = output_bytes(nb)
+        if n > limit:
+            big = sorted(((len(json.dumps(o)), c.get('id')) for c in nb['cells'] for o in c.get('outputs', [])), reverse=True)[:3]
+            problems.append(f"{p.name}: {n:,} bytes of outputs, over the limit of {limit:,} (largest: "
+                            f"{', '.join(f'cell {i} {k:,} B' for k, i in big)}): not stored; make those outputs smaller")
+            continue
+        write_nb(nb, p)
+        with working_directory(ROOT): nbdev_clean(fname=str(p))     # settings.ini's clean: metadata and execution counts go
+        if n and not output_bytes(json.loads(p.read_text(encoding='utf-8'))):
+            problems.append(f"{p.name}: nbdev_clean removed the outputs: set clear_all = False in settings.ini"); continue
+        print(f"docs: stored {p.relative_to(ROOT) if p.is_relative_to(ROOT) else p}: {n:,} bytes of outputs, "
+              f"{len(images(nb))} pictures [{time.time()-t0:.1f} s]", file=sys.stderr)
+    return problems
 
 def check_site(out, pages):
     "Our own checks on the built site: every notebook is a page listed in the navigation."
@@ -359,6 +477,7 @@ def build(out=ROOT/'_docs', execute=(), quiet=True, src=ROOT/'_proc'/'docs_src')
     names = public_names(broken=broken)
     nb_of.update({m: nb.stem for nb, m in notebooks() if m})
     problems = [f'{LIB}.{m} cannot be imported, so its names cannot be documented: {e}' for m, e in broken.items()]
+    problems += missing_pictures()
     for m, bad in undocumented(names).items():
         problems += [f'{LIB}.{m}.{n} (nbs/{nb_of[m]}.ipynb): no docstring (a constant: no comment on its line)' for n in bad]
     pages = stage(src, names, execute)
@@ -378,10 +497,19 @@ def main(argv=None):
     ap.add_argument('--src', default=str(ROOT/'_proc'/'docs_src'), help="where the Sphinx sources are written (default: _proc/docs_src/)")
     ap.add_argument('--execute', nargs='*', default=(), metavar='NOTEBOOK',
                     help="run these notebooks (stems like 18_cutout, or 'all') before rendering, to show their outputs")
+    ap.add_argument('--store', nargs='*', default=None, metavar='NOTEBOOK',
+                    help="instead of building the site, run these notebooks (stems like 18_cutout, paths, or none: all of nbs/) "
+                         "as nbdev_test does and store their outputs in them (PNGs at most 600 px wide, no local paths), then nbdev_clean them")
     ap.add_argument('-v', '--verbose', action='store_true', help="show Sphinx's progress")
     a = ap.parse_args(argv)
-    execute = {p.stem for p, _ in notebooks()} if 'all' in a.execute else set(a.execute)
-    problems = build(Path(a.out).resolve(), execute, quiet=not a.verbose, src=Path(a.src).resolve())
+    if a.store is not None:
+        nbs = {p.stem: p for p, _ in notebooks()}
+        paths = [nbs[n] if n in nbs else Path(n).resolve() for n in a.store or nbs]
+        if missing := [str(p) for p in paths if not p.is_file()]: ap.error(f"no such notebook: {', '.join(missing)}")
+        problems = store(paths)
+    else:
+        execute = {p.stem for p, _ in notebooks()} if 'all' in a.execute else set(a.execute)
+        problems = build(Path(a.out).resolve(), execute, quiet=not a.verbose, src=Path(a.src).resolve())
     for p in problems: print(f'docs: error: {p}', file=sys.stderr)
     return 1 if problems else 0
 
