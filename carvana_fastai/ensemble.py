@@ -436,5 +436,5 @@ def load_ensemble(checkpoints, weights=None, tta=None, merge=None, device=None, 
 def predict_image(ens, img, threshold=None, tta=True) -> np.ndarray:
     "uint8 {0,1} mask (H,W) of one photo (a path, PIL image or HxWx3 uint8 array) with `ens`."
     if isinstance(img, (str, Path)): x = read_image(img)
-    else: x = torch.from_numpy(np.ascontiguousarray(np.asarray(img.convert('RGB') if isinstance(img, Image.Image) else img))).permute(2, 0, 1)
+    else: x = torch.from_numpy(np.array(img.convert('RGB') if isinstance(img, Image.Image) else img)).permute(2, 0, 1)   # a copy: PIL's array is read-only
     with torch.inference_mode(): return ens.masks(x[None].to(ens.device), threshold, tta)[0].cpu().numpy()

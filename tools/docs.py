@@ -354,7 +354,8 @@ def run_notebook(path, mpl_format='retina', clear_skipped=False):
             if {'notest', 'slow'} & set(d) or d.get('eval', '').lower() == 'false' or 'nbdev_export' + '(' in c.source:   # nbdev_test's skips
                 if clear_skipped: c['outputs'] = []
                 continue
-            sh.cell(c)   # stores the cell's outputs in it
+            c['outputs'] = []   # execnb leaves a cell's old outputs when it prints nothing now
+            sh.cell(c)          # stores the cell's outputs in it
             if sh.exc: raise RuntimeError(f"{path.name}: cell {c.get('id')} failed while executing: {sh.exc!r}")
     finally: os.chdir(cwd)
     return nb2dict(nbx)
