@@ -56,10 +56,11 @@ def blocks(text):
     while i < len(lines):
         l = lines[i]
         if l.startswith('#'): heading = l.lstrip('#').strip()
-        if l.startswith('```'):
+        if l.lstrip().startswith('```'):                 # a fence, maybe indented in a list item: its body dedented as much
+            k = len(l) - len(l.lstrip())
             j = i + 1
-            while not lines[j].startswith('```'): j += 1
-            out.append(dict(lang=l[3:].strip(), line=i + 1, body='\n'.join(lines[i+1:j]), heading=heading))
+            while not lines[j].lstrip().startswith('```'): j += 1
+            out.append(dict(lang=l.strip()[3:].strip(), line=i + 1, body='\n'.join(b[k:] for b in lines[i+1:j]), heading=heading))
             i = j
         i += 1
     return out
@@ -231,6 +232,8 @@ def test_marks_name_a_reason():
     assert not missing, f"substitutions that no longer match the README: {missing}"
     assert commands('a \\\n  b   # c (not run by the tests: why)\n# note\nd') == [('a    b', 'why'), ('d', None)]
     assert commands("# not run by the tests: GPUs\nx --g '^(.+)_#$'   # y") == [("x --g '^(.+)_#$'", 'GPUs')]
+    nested = blocks("- a list item:\n\n  ```bash\n  run this\n    indented\n  ```\n")   # a fence inside a list item is a block too
+    assert [(b['lang'], b['body'], b['line']) for b in nested] == [('bash', 'run this\n  indented', 3)]
 
 def test_readme_examples(work, summary, monkeypatch):
     "Each block of README.md in order, as a user runs them one after the other in one folder."
