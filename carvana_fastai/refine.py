@@ -289,14 +289,14 @@ def _own_maps(ens, img, k) -> list:
 
 def train_refiner(data, out=None, size=64, steps=300, bs=16, lr=3e-3, n_coarse=3, scale=1/3, channels=16,
                   dilations=(1, 2, 4, 1), n=None, layout='carvana', seed=0, width=3, margin=0.45, ensemble=None, progress=True) -> EdgeRefiner:
-    "Train an `EdgeRefiner` on full-resolution edge crops of the dataset `data` (photos + masks), the coarse maps degraded true masks and `ensemble`'s own maps; save it to `out` if given."
+    "Train an `EdgeRefiner` on full-resolution edge crops of the dataset `data` (photos + masks), the coarse maps degraded true masks and `ensemble`'s own maps (or each pair's third element); save it to `out` if given."
     t0 = time.time()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     pairs = _read_pairs(data, n, layout) if isinstance(data, (str, Path)) else list(data)
     if not pairs: raise ValueError(f"{data}: no photos with masks to train the refiner on")
     samples = [(img, m.float(), _edge_points(m), [(degrade(m, scale, gen)*255).round().to(torch.uint8) for _ in range(n_coarse)]
-                + _own_maps(ensemble, img, n_coarse)) for img, m in pairs]
+                + ([own[0]]*n_coarse if own else _own_maps(ensemble, img, n_coarse))) for img, m, *own in pairs]
     model = EdgeRefiner(channels, dilations)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=max(.2, 1.5/steps)) if steps > 1 else None
