@@ -156,7 +156,9 @@ def shipped_model(name) -> dict:
     spec = yaml.safe_load((shipped_dir()/f'{name}.yaml').read_text())
     unknown = set(spec) - set(SHIPPED_KEYS)
     if unknown: raise ValueError(f"{shipped_dir()/name}.yaml: unknown keys {sorted(unknown)} (known: {', '.join(SHIPPED_KEYS)})")
-    return dict(spec, members=[shipped_dir()/m for m in spec['members']])
+    refine = spec.get('refine')
+    if isinstance(refine, dict) and refine.get('checkpoint'): refine = dict(refine, checkpoint=shipped_dir()/refine['checkpoint'])   # a learned refiner shipped beside it
+    return dict(spec, members=[shipped_dir()/m for m in spec['members']], refine=refine)
 
 def slim_checkpoint(path, out, half=True) -> Path:
     "A checkpoint to ship from `path`: the weights (fp16 if `half`) and what prediction needs, no optimizer state or history."

@@ -289,6 +289,10 @@ def band_ok(device) -> bool:
     return _BAND_OK[dev.type]
 
 # %% ../nbs/11_ensemble.ipynb #67ed9556
+def _device(device) -> torch.device:
+    "`device` as a `torch.device`; None: CUDA where there is one, else the CPU."
+    return torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
+
 def check_refiner(refiner, merge='mean'):
     "`refiner` if it is None or a callable `(photos, map, threshold) -> map` an ensemble with `merge` can use; `ValueError` if not."
     if refiner is None: return None
@@ -323,7 +327,7 @@ class Ensemble(nn.Module):
 
     def prepare(self, device=None, mixed_precision='auto', channels_last='auto'):
         "Move to `device` (default: CUDA if available) in eval mode, channels_last (CPU and CUDA), autocast on CUDA."
-        device = torch.device(device if device is not None else 'cuda' if torch.cuda.is_available() else 'cpu')
+        device = _device(device)
         amp, cl = amp_dtype(device, mixed_precision), True if channels_last == 'auto' else bool(channels_last)
         self.to(device).eval()
         for m in self.members:
@@ -410,18 +414,20 @@ def _shipped(name, weights, tta, merge, threshold, refiner) -> tuple:
     refiner = dict(s.get('refine') or {}) if refiner is None else refiner
     return s['members'], pick(weights, 'weights'), pick(tta, 'tta'), pick(merge, 'merge'), pick(threshold, 'threshold'), refiner
 
-def _refiner_of(refiner):
-    "A refiner from a method name ('none', 'guided') or a `refine.get_refiner` keyword dict; a callable as it is."
+def _refiner_of(refiner, device):
+    "A refiner from a method name ('none', 'guided') or a `refine.get_refiner` keyword dict, on `device`; a callable as it is."
     if not isinstance(refiner, (str, dict)): return refiner
     from carvana_fastai.refine import get_refiner
-    return get_refiner(refiner) if isinstance(refiner, str) else get_refiner(**refiner) if refiner else None
+    kw = dict(method=refiner) if isinstance(refiner, str) else dict(refiner)
+    return get_refiner(device=device, **kw) if kw else None
 
 @renamed_kwargs(thresh='threshold')
 def load_ensemble(checkpoints, weights=None, tta=None, merge=None, device=None, threshold=None, tta_merge='mean',
                   mixed_precision='auto', channels_last='auto', refiner=None) -> Ensemble:
     "An `Ensemble` of `checkpoints` (paths, `(model, meta)` pairs, `Member`s, or a shipped model's name) with `weights`, TTA, merge and `refiner`, on `device`."
     if _is_shipped(checkpoints): checkpoints, weights, tta, merge, threshold, refiner = _shipped(checkpoints, weights, tta, merge, threshold, refiner)
-    tta, merge, threshold, refiner = tta or 'hflip', merge or 'mean', 0.5 if threshold is None else threshold, _refiner_of(refiner)
+    device = _device(device)
+    tta, merge, threshold, refiner = tta or 'hflip', merge or 'mean', 0.5 if threshold is None else threshold, _refiner_of(refiner, device)
     cks = [checkpoints] if isinstance(checkpoints, (str, Path, Member)) else list(checkpoints)
     if not cks: raise ValueError("load_ensemble: no checkpoints given")
     missing = [str(c) for c in cks if isinstance(c, (str, Path)) and not Path(c).is_file()]
