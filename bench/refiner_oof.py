@@ -50,6 +50,7 @@ def main(argv=None):
     p.add_argument('--tta', default='hflip', help="the members' TTA")
     p.add_argument('--steps', type=int, default=300, help="the learned refiner's training steps")
     p.add_argument('--size', type=int, default=64, help="its training crops' size")
+    p.add_argument('--save', default=None, help="then train one refiner on every photo's out-of-fold map and save it here (the shipped model's refiner is made so)")
     p.add_argument('--limit', type=int, default=None, help='at most this many photos per fold (a quick check; the table needs all)')
     args = p.parse_args(argv)
     args.threads = args.threads or 2
@@ -82,6 +83,10 @@ def main(argv=None):
             f"car ({len(folds)} folds, TTA {args.tta}, threshold 0.5). The learned refiner of fold i was trained on the "
             f"out-of-fold maps of the other folds' cars ({args.steps} steps of {args.size}-px crops, "
             f"{sum(train_s)/len(train_s):.0f} s each); ms / photo: the refiner alone, at full resolution, {args.threads} threads.")
+    if args.save:                                  # the same training on every fold's maps: the refiner for a model trained on every car
+        train_refiner([(img, m, (p.float()*255).round().to(torch.uint8)) for f in folds for img, m, p in f], args.save,
+                      size=args.size, steps=args.steps, progress=False)
+        note += f" Then one refiner was trained on the maps of all {n} photos and saved to `{args.save}`."
     append_results('Refiners on real cars, out of fold (bench/refiner_oof.py)', info, md_table(table) + '\n\n' + note, args)
 
 if __name__ == '__main__': main()

@@ -68,28 +68,33 @@ def _tta_of(ens) -> str:
     "The TTA of the first member of `ens` by name (so the fold models are scored with our model's own TTA)."
     return '+'.join(t.name for t in ens.members[0].tta.tfms if t.name != 'identity') or 'none'
 
-def edge_picture(photo, true, masks, out, box=None):
-    "Crops of `photo` at the car's edge with the true contour and each contender's drawn on it, side by side."
-    import numpy as np
-    from PIL import Image, ImageDraw
+def error_window(true, masks, h=240, w=360, step=20) -> tuple:
+    "(y0, x0, h, w): the window of the photo where the contenders' `masks` disagree most with `true`, all summed."
+    import numpy as np, torch, torch.nn.functional as F
+    err = torch.from_numpy(sum((m != true).astype(np.float32) for m in masks.values()))[None, None]
+    s = F.avg_pool2d(err, (h, w), step)[0, 0]
+    i, j = divmod(int(s.argmax()), s.shape[1])
+    return i*step, j*step, h, w
+
+def edge_picture(photo, true, masks, out, box=None, scale=2):
+    "Crops of `photo` (the window of `error_window`, or `box`) with the true contour and each contender's drawn on it, 2 by 2, enlarged `scale` times."
+    import numpy as np, torch
+    from PIL import Image, ImageDraw, ImageFont
     from carvana_fastai.evaluate import mask_contour
-    import torch
     img = np.asarray(Image.open(photo).convert('RGB'))
-    if box is None:                                       # a 240x360 window on the lower edge of the car, near a wheel
-        ys, xs = np.nonzero(true)
-        y0, x0 = int(ys.max()) - 160, int(np.percentile(xs, 25)) - 180
-        box = (max(y0, 0), max(x0, 0), 240, 360)
-    y0, x0, h, w = box
+    y0, x0, h, w = box or error_window(true, masks)
+    font = ImageFont.load_default(size=22)
     tiles = []
     for name, m in [('truth (Kaggle)', true), *masks.items()]:
         c = mask_contour(torch.from_numpy(m), 1).numpy()
         t = img.copy(); t[c] = (255, 0, 80)
-        t = Image.fromarray(t[y0:y0+h, x0:x0+w]).resize((w*2, h*2), Image.NEAREST)
-        ImageDraw.Draw(t).text((6, 4), name, fill=(255, 255, 0))
+        t = Image.fromarray(t[y0:y0+h, x0:x0+w]).resize((w*scale, h*scale), Image.NEAREST)
+        d = ImageDraw.Draw(t); d.rectangle(d.textbbox((8, 6), name, font=font), fill=(0, 0, 0)); d.text((8, 6), name, fill=(255, 255, 0), font=font)
         tiles.append(t)
-    sheet = Image.new('RGB', (sum(t.width for t in tiles) + 8*(len(tiles)-1), tiles[0].height), 'white')
-    x = 0
-    for t in tiles: sheet.paste(t, (x, 0)); x += t.width + 8
+    cols, gap = 2, 8
+    rows = -(-len(tiles) // cols)
+    sheet = Image.new('RGB', (cols*w*scale + (cols-1)*gap, rows*h*scale + (rows-1)*gap), 'white')
+    for k, t in enumerate(tiles): sheet.paste(t, ((k % cols)*(w*scale + gap), (k // cols)*(h*scale + gap)))
     sheet.save(out)
     return out
 
@@ -142,6 +147,9 @@ def main(argv=None):
     if args.tta is not None: ens_kwargs['tta'] = args.tta
     if args.refine is not None: ens_kwargs['refiner'] = args.refine
     ours = load_ensemble(args.models if args.models != ['cars'] else 'cars', device=dev, **ens_kwargs)
+    if args.oof and getattr(ours.refiner, 'method', None) == 'learned' and args.accuracy_photos != 0:
+        sys.exit("--oof with a learned refiner: it was trained on these photos' maps, so its scores here are not out of fold. "
+                 "Score it nested with bench/refiner_oof.py; here use --refine guided or none, or --accuracy-photos 0")
     acc = items if args.accuracy_photos is None else items.iloc[np.linspace(0, len(items)-1, args.accuracy_photos).astype(int)] if args.accuracy_photos else items.iloc[:0]
     # accuracy: rembg on the photos, ours out of fold
     t0 = time.time()
