@@ -28,6 +28,11 @@ def oof_maps(ck, rows, tta, device):
         out.append((img, torch.from_numpy(load_mask(r)).float(), p))
     return out
 
+def train_triples(folds, but=None) -> list:
+    "(photo, mask, map as uint8) of every photo of `folds` (lists of `oof_maps`) but those of fold `but`: what `train_refiner` takes."
+    import torch
+    return [(img, m, (p.float()*255).round().to(torch.uint8)) for j, f in enumerate(folds) if j != but for img, m, p in f]
+
 def score_refiner(refiner, triples, threshold=0.5) -> tuple:
     "(rows of Dice/BF1/BF3 per photo, seconds spent refining) of `refiner` (None: none) on `triples`."
     import torch
@@ -55,7 +60,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.threads = args.threads or 2
     dev = setup(args)
-    import pandas as pd, torch
+    import pandas as pd
     from carvana_fastai.data import carvana_items
     from carvana_fastai.evaluate import held_out
     from carvana_fastai.refine import GuidedRefiner, LearnedRefiner, train_refiner
@@ -67,9 +72,7 @@ def main(argv=None):
     res, secs, train_s = {}, {}, []
     for i, test in enumerate(folds):
         t1 = time.time()
-        train = [(img, m, (p.float()*255).round().to(torch.uint8)) for j, f in enumerate(folds) if j != i for img, m, p in f]
-        learned = LearnedRefiner(train_refiner(train, size=args.size, steps=args.steps, progress=False))
-        del train
+        learned = LearnedRefiner(train_refiner(train_triples(folds, but=i), size=args.size, steps=args.steps, progress=False))
         train_s.append(time.time() - t1)
         for name, r in {'none': None, 'guided filter': GuidedRefiner(), 'learned, trained out of fold': learned}.items():
             rows, s = score_refiner(r, test)
@@ -84,8 +87,7 @@ def main(argv=None):
             f"out-of-fold maps of the other folds' cars ({args.steps} steps of {args.size}-px crops, "
             f"{sum(train_s)/len(train_s):.0f} s each); ms / photo: the refiner alone, at full resolution, {args.threads} threads.")
     if args.save:                                  # the same training on every fold's maps: the refiner for a model trained on every car
-        train_refiner([(img, m, (p.float()*255).round().to(torch.uint8)) for f in folds for img, m, p in f], args.save,
-                      size=args.size, steps=args.steps, progress=False)
+        train_refiner(train_triples(folds), args.save, size=args.size, steps=args.steps, progress=False)
         note += f" Then one refiner was trained on the maps of all {n} photos and saved to `{args.save}`."
     append_results('Refiners on real cars, out of fold (bench/refiner_oof.py)', info, md_table(table) + '\n\n' + note, args)
 
