@@ -66,7 +66,8 @@ def our_oof_scores(oof, ens_kwargs, items, device):
 
 def _tta_of(ens) -> str:
     "The TTA of the first member of `ens` by name (so the fold models are scored with our model's own TTA)."
-    return '+'.join(t.name for t in ens.members[0].tta.tfms if t.name != 'identity') or 'none'
+    from carvana_fastai.evaluate import _tta_name
+    return _tta_name(ens.members[0])
 
 def error_window(true, masks, h=240, w=360, step=20) -> tuple:
     "(y0, x0, h, w): the window of the photo where the contenders' `masks` disagree most with `true`, all summed."
